@@ -1,0 +1,5 @@
+"""Attention mechanisms behind one interface, selected by name (see `registry`)."""
+from . import dense  # noqa: F401  (registers "dense")
+from .registry import available_attention, get_attention, register_attention
+
+__all__ = ["available_attention", "get_attention", "register_attention"]

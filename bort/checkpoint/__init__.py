@@ -1,0 +1,129 @@
+"""Load and save checkpoints from three worlds: ours (safetensors), Hugging Face, and Gluon `.params`.
+
+`load_pretrained(path, config=None, task=None)` looks at `path` and picks the reader:
+a directory with our `config.json` (native), a directory with an HF `config.json` and weights, or a Gluon
+`.params` file (whose config comes from `config`: a preset name, a JSON path, a dict or a `BortConfig`;
+without one, sizes are inferred from the shapes and the rest comes from the default Bort preset).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import BortConfig, ConfigError
+from .errors import CheckpointError
+from .hf import export_hf, load_hf_dir
+from .native import (FORMAT_KEY, WEIGHTS_NAME, is_native_dir, native_config_from_values, read_json_config,
+                     read_safetensors, save_native)
+from .state import load_state_into
+
+logger = logging.getLogger(__name__)
+
+ConfigSpec = BortConfig | str | os.PathLike | dict[str, Any] | None
+
+__all__ = ["CheckpointError", "load_pretrained", "read_checkpoint", "save_pretrained", "checkpoint_task"]
+
+
+def read_checkpoint(path: str | os.PathLike, config: ConfigSpec = None
+                    ) -> tuple[BortConfig, dict[str, torch.Tensor], str | None]:
+    """Read any supported checkpoint: (config, canonical state dict, task it was saved as or None)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if path.is_file() and path.name == WEIGHTS_NAME and is_native_dir(path.parent):
+        path = path.parent
+    if path.is_dir():
+        values = read_json_config(path / "config.json") if (path / "config.json").is_file() else None
+        if values is not None and FORMAT_KEY in values:
+            base, saved_task = native_config_from_values(values, path / "config.json")
+            state = read_safetensors(path / WEIGHTS_NAME)
+        elif values is not None and "model_type" in values:
+            base, state = load_hf_dir(path, values)
+            saved_task = None
+        elif values is not None:
+            raise CheckpointError(f"{path / 'config.json'}: neither a bort config (no {FORMAT_KEY!r}) nor a "
+                                  "Hugging Face config (no 'model_type')")
+        else:
+            raise CheckpointError(
+                f"{path}: not a checkpoint directory; expected config.json with model.safetensors (bort or "
+                f"Hugging Face) or pytorch_model.bin (Hugging Face); found: "
+                f"{', '.join(sorted(p.name for p in path.iterdir())) or 'nothing'}")
+        return _apply_config(base, config, str(path)), state, saved_task
+    if path.suffix == ".params":
+        from .gluon import gluon_to_bort_state_dict, infer_gluon_config, read_params
+
+        params = read_params(path)
+        inferred = infer_gluon_config(params)
+        if config is None:
+            cfg = BortConfig.preset("bort_4_8_768_1024", **inferred)
+        else:
+            cfg = _resolve(config, str(path))
+        return cfg, gluon_to_bort_state_dict(params, cfg.num_hidden_layers), None
+    raise CheckpointError(f"{path}: unrecognised checkpoint; expected a directory (bort or Hugging Face) "
+                          "or a Gluon .params file")
+
+
+def checkpoint_task(state: dict[str, torch.Tensor]) -> str | None:
+    """The head a canonical state dict carries: "mlm", "classification" or None (encoder only)."""
+    if any(k.startswith("lm_head.") for k in state):
+        return "mlm"
+    if any(k.startswith("classifier.") for k in state):
+        return "classification"
+    return None
+
+
+def load_pretrained(path: str | os.PathLike, config: ConfigSpec = None, task: str | None = None,
+                    strict_heads: bool = False) -> torch.nn.Module:
+    """Build the model for `task` (None: `BortModel`; "mlm", "classification", "regression",
+    "multiple_choice") and load the checkpoint at `path` into it.
+
+    For a directory checkpoint, a dict `config` overrides fields of the stored config (e.g.
+    `{"num_labels": 3}` or `{"attention": ...}`); any other `config` replaces it. Shapes are checked
+    and every mismatch is reported; a head the checkpoint lacks is initialised fresh (logged), unless
+    `strict_heads`.
+    """
+    from ..model import TASK_MODELS
+
+    if task not in TASK_MODELS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(str(t) for t in TASK_MODELS)}")
+    cfg, state, _ = read_checkpoint(path, config)
+    if task == "regression" and cfg.num_labels != 1:
+        cfg = dataclasses.replace(cfg, num_labels=1, problem_type="regression")
+    model = TASK_MODELS[task](cfg)
+    load_state_into(model, state, str(path), strict_heads=strict_heads)
+    return model.eval()
+
+
+def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, format: str = "native") -> Path:
+    """Save `model` to `directory` as "native" (config.json + model.safetensors) or "hf" (loadable by
+    `transformers`). Every file is written to a temporary name and renamed."""
+    if format == "native":
+        return save_native(model, directory)
+    if format == "hf":
+        return export_hf(model, directory)
+    raise ValueError(f"unknown checkpoint format {format!r}; expected 'native' or 'hf'")
+
+
+def _resolve(spec: ConfigSpec, source: str) -> BortConfig:
+    try:
+        return BortConfig.resolve(spec)
+    except ConfigError as err:
+        raise CheckpointError(f"{source}: {err}") from None
+
+
+def _apply_config(base: BortConfig, spec: ConfigSpec, source: str) -> BortConfig:
+    if spec is None:
+        return base
+    if isinstance(spec, dict) and "preset" not in spec:
+        try:
+            return dataclasses.replace(base, **spec)
+        except TypeError as err:
+            raise CheckpointError(f"{source}: bad config override: {err}") from None
+        except ConfigError as err:
+            raise CheckpointError(f"{source}: {err}") from None
+    return _resolve(spec, source)

@@ -1,0 +1,104 @@
+"""`bort <command>`: the command-line entry point. Each command lives with the code it runs; this file
+only wires the sub-commands."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable, Sequence
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert a checkpoint (native, Hugging Face, Gluon .params) to native or HF",
+                       description="Read any supported checkpoint and write it as a native bort directory "
+                                   "(config.json + model.safetensors) or a Hugging Face directory.")
+    p.add_argument("src", help="checkpoint directory or Gluon .params file")
+    p.add_argument("dest", help="output directory")
+    p.add_argument("--to", choices=("native", "hf"), default="native", help="output format (default: native)")
+    p.add_argument("--config", default=None,
+                   help="preset name or JSON file (required meaning for .params files; default: sizes inferred "
+                        "from the shapes with the bort_4_8_768_1024 preset's other settings)")
+    p.add_argument("--task", default="auto", choices=("auto", "encoder", "mlm", "classification", "regression",
+                                                      "multiple_choice"),
+                   help="which model to write (default: the head the checkpoint has)")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .checkpoint import checkpoint_task, load_pretrained, read_checkpoint, save_pretrained
+
+    task = args.task
+    if task == "auto":
+        _, state, saved = read_checkpoint(args.src, args.config)
+        task = saved or checkpoint_task(state)
+    task = None if task == "encoder" else task
+    model = load_pretrained(args.src, config=args.config, task=task)
+    out = save_pretrained(model, args.dest, format=args.to)
+    n = sum(p.numel() for p in model.parameters())
+    print(json.dumps({"src": str(args.src), "dest": str(out), "format": args.to, "task": task or "encoder",
+                      "parameters": n}))
+    return 0
+
+
+def _add_presets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("presets", help="list the model presets, or print one as JSON")
+    p.add_argument("name", nargs="?", help="a preset to print")
+    p.set_defaults(func=_run_presets)
+
+
+def _run_presets(args: argparse.Namespace) -> int:
+    from .config import BortConfig
+
+    if args.name:
+        print(BortConfig.preset(args.name).to_json_string(), end="")
+    else:
+        print("\n".join(BortConfig.presets()))
+    return 0
+
+
+def _add_train_tokenizer(sub: argparse._SubParsersAction) -> None:
+    from . import tokenization
+
+    p = sub.add_parser("train-tokenizer", help="train a WordPiece or byte-level BPE vocabulary from text files")
+    tokenization.add_train_tokenizer_args(p)
+    p.set_defaults(func=tokenization.run_train_tokenizer)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from . import demo
+
+    p = sub.add_parser("demo", help="load a real BERT, embed sentences, convert checkpoints, time Bort vs BERT-base")
+    demo.add_demo_args(p)
+    p.set_defaults(func=demo.run_demo)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_convert, _add_presets,
+                                                                 _add_train_tokenizer]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bort", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; library errors become one clear line on stderr and exit status 2."""
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (CheckpointError, ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"bort {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,400 @@
+"""The encoder and its task heads.
+
+One post-LayerNorm Transformer encoder reproduces three graphs from config switches: GluonNLP's Bort (no
+token types, positions from 0, embedding dropout before the LayerNorm), Hugging Face BERT (token types,
+pooler) and RoBERTa (position offset 2). Parameter names are Hugging Face BERT's, so our state dicts load
+into `transformers` with a prefix change at most (see `checkpoint.hf`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import get_attention
+from .config import BortConfig
+
+_ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),  # erf form, as GluonNLP and HF "gelu"
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "silu": F.silu,
+}
+
+
+@dataclass
+class EncoderOutput:
+    """What `BortModel` returns; `masked_hidden_state` is set when `masked_positions` is given."""
+
+    last_hidden_state: torch.Tensor
+    pooler_output: torch.Tensor | None = None
+    masked_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class HeadOutput:
+    """What the task heads return: `logits`, a `loss` when labels are given, and the encoder's outputs."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class BortEmbeddings(nn.Module):
+    def __init__(self, config: BortConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        if config.type_vocab_size > 0:
+            self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        else:
+            self.token_type_embeddings = None
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        n = input_ids.shape[1]
+        if n > self.config.max_sequence_length:
+            raise ValueError(f"input length {n} exceeds the model's {self.config.max_sequence_length} positions")
+        positions = torch.arange(self.config.position_offset, self.config.position_offset + n,
+                                 device=input_ids.device)
+        x = self.word_embeddings(input_ids)
+        types = None
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            types = self.token_type_embeddings(token_type_ids)
+        elif token_type_ids is not None and bool((token_type_ids != 0).any()):
+            raise ValueError("token_type_ids given but this model has no token-type embedding (type_vocab_size 0)")
+        if self.config.embedding_style == "gluon":
+            # GluonNLP: dropout on each embedding before the sum, again after, then LayerNorm.
+            x = self.dropout(x)
+            if types is not None:
+                x = x + self.dropout(types)
+            return self.LayerNorm(self.dropout(x + self.position_embeddings(positions)))
+        x = x + self.position_embeddings(positions)
+        if types is not None:
+            x = x + types
+        return self.dropout(self.LayerNorm(x))
+
+
+class BortSelfAttention(nn.Module):
+    def __init__(self, config: BortConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.mechanism = get_attention(config.attention)(config, layer_idx)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        out, probs = self.mechanism(q, k, v, key_padding_mask=key_padding_mask, need_weights=need_weights)
+        b, _, n, _ = out.shape
+        return out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim), probs
+
+
+class BortSelfOutput(nn.Module):
+    """Projection → dropout → residual → LayerNorm (HF `attention.output`, Gluon `proj` + `layer_norm`)."""
+
+    def __init__(self, config: BortConfig, in_features: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BortAttention(nn.Module):
+    def __init__(self, config: BortConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.self = BortSelfAttention(config, layer_idx)
+        self.output = BortSelfOutput(config, config.hidden_size)
+
+
+class BortIntermediate(nn.Module):
+    def __init__(self, config: BortConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = _ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(x))
+
+
+class BortLayer(nn.Module):
+    """A post-LN Transformer cell: attention block then feed-forward block, each with residual + LN."""
+
+    def __init__(self, config: BortConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attention = BortAttention(config, layer_idx)
+        self.intermediate = BortIntermediate(config)
+        self.output = BortSelfOutput(config, config.intermediate_size)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn, probs = self.attention.self(x, key_padding_mask, need_weights)
+        h = self.attention.output(attn, x)
+        return self.output(self.intermediate(h), h), probs
+
+
+class BortEncoder(nn.Module):
+    def __init__(self, config: BortConfig) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(BortLayer(config, i) for i in range(config.num_hidden_layers))
+
+
+class BortPooler(nn.Module):
+    def __init__(self, config: BortConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+class BortPreTrainedModel(nn.Module):
+    """Shared initialisation and construction from a config."""
+
+    def __init__(self, config: BortConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+
+    def init_weights(self, *roots: nn.Module) -> None:
+        """BERT initialisation of `roots` (default: the whole model): N(0, initializer_range) weights,
+        zero biases, unit LayerNorms."""
+        std = self.config.initializer_range
+        for module in (m for root in (roots or (self,)) for m in root.modules()):
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def _key_padding_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """HF convention (1 = real token) → bool (batch, seq); None when nothing is padded (the fast path)."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape != input_ids.shape[:2]:
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids "
+                         f"{tuple(input_ids.shape[:2])}")
+    mask = attention_mask.bool()
+    return None if bool(mask.all()) else mask
+
+
+class BortModel(BortPreTrainedModel):
+    """The encoder: embeddings, `num_hidden_layers` post-LN cells, optional pooler."""
+
+    def __init__(self, config: BortConfig) -> None:
+        super().__init__(config)
+        self.embeddings = BortEmbeddings(config)
+        self.encoder = BortEncoder(config)
+        self.pooler = BortPooler(config) if config.add_pooler else None
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, masked_positions: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> EncoderOutput:
+        """Encode `input_ids` (batch, seq). `attention_mask` is 1 for real tokens; `masked_positions`
+        (batch, P) also returns the hidden states gathered at those positions."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        key_padding_mask = _key_padding_mask(attention_mask, input_ids)
+        x = self.embeddings(input_ids, token_type_ids)
+        hidden_states = [x] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        for layer in self.encoder.layer:
+            x, probs = layer(x, key_padding_mask, need_weights=output_attentions)
+            if hidden_states is not None:
+                hidden_states.append(x)
+            if attentions is not None:
+                attentions.append(probs)
+        return EncoderOutput(
+            last_hidden_state=x,
+            pooler_output=self.pooler(x) if self.pooler is not None else None,
+            masked_hidden_state=gather_positions(x, masked_positions) if masked_positions is not None else None,
+            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+            attentions=tuple(attentions) if attentions is not None else None,
+        )
+
+
+def gather_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """hidden (batch, seq, dim) at positions (batch, P) → (batch, P, dim)."""
+    if positions.dim() != 2 or positions.shape[0] != hidden.shape[0]:
+        raise ValueError(f"masked_positions must be (batch, P) with batch {hidden.shape[0]}, "
+                         f"got {tuple(positions.shape)}")
+    index = positions.long().unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+    return hidden.gather(1, index)
+
+
+class BortLMHead(nn.Module):
+    """Dense → activation → LayerNorm → Dense tied to the word embedding (+ its own bias)."""
+
+    def __init__(self, config: BortConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = _ACTIVATIONS[config.hidden_act]
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.layer_norm(self.act(self.dense(hidden))), word_embeddings, self.bias)
+
+
+class BortForMaskedLM(BortPreTrainedModel):
+    """Encoder + MLM decoder. With `masked_positions` the decoder runs only there (a large saving with a
+    50k vocabulary), returning logits (batch, P, vocab); otherwise at every position."""
+
+    def __init__(self, config: BortConfig) -> None:
+        super().__init__(config)
+        self.bort = BortModel(config)
+        self.lm_head = BortLMHead(config)
+        self.init_weights(self.lm_head)  # the encoder initialised itself
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, masked_positions: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, output_hidden_states: bool = False,
+                output_attentions: bool = False) -> HeadOutput:
+        """`labels` match the logits' leading shape ((batch, P) or (batch, seq)); -100 is ignored."""
+        enc = self.bort(input_ids, attention_mask, token_type_ids, masked_positions,
+                        output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        hidden = enc.masked_hidden_state if masked_positions is not None else enc.last_hidden_state
+        logits = self.lm_head(hidden, self.bort.embeddings.word_embeddings.weight)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten().long(), ignore_index=-100)
+        return HeadOutput(logits=logits, loss=loss, last_hidden_state=enc.last_hidden_state,
+                          hidden_states=enc.hidden_states, attentions=enc.attentions)
+
+
+class BortClassificationHead(nn.Module):
+    """First token → dropout → Dense(tanh) → dropout → Dense (Bort/GluonNLP and RoBERTa head)."""
+
+    def __init__(self, config: BortConfig, num_outputs: int) -> None:
+        super().__init__()
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(p)
+        self.out_proj = nn.Linear(config.hidden_size, num_outputs)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.dense(self.dropout(hidden[:, 0])))
+        return self.out_proj(self.dropout(x))
+
+
+class _SentenceHead(BortPreTrainedModel):
+    """Encoder + a head on the sequence representation: pooler → dropout → Linear (`classifier`, BERT's
+    layout) when `use_pooler`, else `BortClassificationHead` (`classifier.dense`/`classifier.out_proj`,
+    the Bort/GluonNLP and RoBERTa layout)."""
+
+    def __init__(self, config: BortConfig, num_outputs: int, use_pooler: bool) -> None:
+        super().__init__(config)
+        self.bort = BortModel(config)
+        self.use_pooler = use_pooler
+        if use_pooler:
+            p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+            self.dropout = nn.Dropout(p)
+            self.classifier: nn.Module = nn.Linear(config.hidden_size, num_outputs)
+        else:
+            self.classifier = BortClassificationHead(config, num_outputs)
+        self.init_weights(self.classifier)  # the encoder initialised itself
+
+    def _scores(self, enc: EncoderOutput) -> torch.Tensor:
+        if self.use_pooler:
+            return self.classifier(self.dropout(enc.pooler_output))
+        return self.classifier(enc.last_hidden_state)
+
+
+class BortForSequenceClassification(_SentenceHead):
+    """Classification (cross-entropy) or, with one label or problem_type "regression", regression (MSE)."""
+
+    def __init__(self, config: BortConfig) -> None:
+        # As in HF: BERT classifies the pooled output; RoBERTa (positions offset) and Bort (no pooler)
+        # use a dense-tanh head on the first token.
+        super().__init__(config, config.num_labels,
+                         use_pooler=config.add_pooler and config.position_offset == 0)
+
+    @property
+    def is_regression(self) -> bool:
+        if self.config.problem_type is not None:
+            return self.config.problem_type == "regression"
+        return self.config.num_labels == 1
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, masked_positions: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, output_hidden_states: bool = False,
+                output_attentions: bool = False) -> HeadOutput:
+        enc = self.bort(input_ids, attention_mask, token_type_ids, masked_positions,
+                        output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        logits = self._scores(enc)
+        loss = None
+        if labels is not None:
+            if self.is_regression:
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
+            else:
+                loss = F.cross_entropy(logits.float(), labels.long().view(-1))
+        return HeadOutput(logits=logits, loss=loss, last_hidden_state=enc.last_hidden_state,
+                          hidden_states=enc.hidden_states, attentions=enc.attentions)
+
+
+class BortForMultipleChoice(_SentenceHead):
+    """Scores each (context, choice) sequence of (batch, choices, seq) inputs; logits (batch, choices)."""
+
+    def __init__(self, config: BortConfig) -> None:
+        # BERT and RoBERTa both score choices from the pooled output; Bort has no pooler.
+        super().__init__(config, 1, use_pooler=config.add_pooler)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, masked_positions: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, output_hidden_states: bool = False,
+                output_attentions: bool = False) -> HeadOutput:
+        if input_ids.dim() != 3:
+            raise ValueError(f"multiple-choice input_ids must be (batch, choices, seq), got {tuple(input_ids.shape)}")
+        b, c, n = input_ids.shape
+
+        def flat(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.reshape(b * c, *t.shape[2:])
+
+        enc = self.bort(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(masked_positions),
+                        output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        logits = self._scores(enc).view(b, c)
+        loss = F.cross_entropy(logits.float(), labels.long().view(-1)) if labels is not None else None
+        return HeadOutput(logits=logits, loss=loss, last_hidden_state=enc.last_hidden_state,
+                          hidden_states=enc.hidden_states, attentions=enc.attentions)
+
+
+TASK_MODELS: dict[str | None, type[BortPreTrainedModel]] = {
+    None: BortModel,
+    "encoder": BortModel,
+    "mlm": BortForMaskedLM,
+    "classification": BortForSequenceClassification,
+    "regression": BortForSequenceClassification,
+    "multiple_choice": BortForMultipleChoice,
+}
