@@ -65,6 +65,14 @@ def _add_train_tokenizer(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=tokenization.run_train_tokenizer)
 
 
+def _add_tokenize(sub: argparse._SubParsersAction) -> None:
+    from . import tokenization
+
+    p = sub.add_parser("tokenize", help="print the token ids (or tokens) of a text with any supported vocabulary")
+    tokenization.add_tokenize_args(p)
+    p.set_defaults(func=tokenization.run_tokenize)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     from . import demo
 
@@ -74,7 +82,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_convert, _add_presets,
-                                                                 _add_train_tokenizer]
+                                                                 _add_train_tokenizer, _add_tokenize]
 
 
 def build_parser() -> argparse.ArgumentParser:

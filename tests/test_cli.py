@@ -42,5 +42,5 @@ def test_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
 
 def test_console_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "bort.cli", "--help"], capture_output=True, text=True, check=True)
-    for command in ("demo", "convert", "presets", "train-tokenizer"):
+    for command in ("demo", "convert", "presets", "train-tokenizer", "tokenize"):
         assert command in out.stdout
