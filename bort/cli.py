@@ -73,6 +73,22 @@ def _add_tokenize(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=tokenization.run_tokenize)
 
 
+def _add_create_pretraining_data(sub: argparse._SubParsersAction) -> None:
+    from .data import pretraining
+
+    p = sub.add_parser("create-pretraining-data", help="make pretraining shards (RecordIO) from text files")
+    pretraining.add_args(p)
+    p.set_defaults(func=pretraining.run)
+
+
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    from .distill import cli as distill_cli
+
+    p = sub.add_parser("distill", help="distil a student from a teacher on pretraining shards (torchrun/MPI aware)")
+    distill_cli.add_args(p)
+    p.set_defaults(func=distill_cli.run)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     from . import demo
 
@@ -82,7 +98,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_convert, _add_presets,
-                                                                 _add_train_tokenizer, _add_tokenize]
+                                                                 _add_train_tokenizer, _add_tokenize,
+                                                                 _add_create_pretraining_data, _add_distill]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -164,8 +164,8 @@ class BortConfig:
 
     @classmethod
     def resolve(cls, spec: "BortConfig | str | os.PathLike | dict[str, Any]") -> "BortConfig":
-        """Accept a config, a preset name, a JSON path or a dict (of our fields, or overrides of a preset
-        given as {"preset": name, ...})."""
+        """Accept a config, a preset name, a JSON path, inline JSON text or a dict (of our fields, or
+        overrides of a preset given as {"preset": name, ...})."""
         if isinstance(spec, BortConfig):
             return spec
         if isinstance(spec, dict):
@@ -174,6 +174,11 @@ class BortConfig:
                 return cls.preset(values.pop("preset"), **values)
             return cls.from_dict(values)
         text = os.fspath(spec)
+        if text.lstrip().startswith("{"):
+            try:
+                return cls.resolve(json.loads(text))
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"inline config is not valid JSON at column {err.colno}: {err.msg}") from None
         if Path(text).is_file() or text.endswith(".json"):
             return cls.load(text)
         return cls.preset(text)

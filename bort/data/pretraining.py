@@ -1,0 +1,341 @@
+"""Create Bort pretraining data: text files → shards `part-NNN.rec` (+ `.idx`) of masked-LM instances.
+
+    python create_pretraining_data.py --input_file 'corpus/*.txt' --output_dir data/train \\
+        --vocab roberta-base/vocab.json --num_workers 4 --num_outputs 8
+
+The input is read in chunks of whole documents (`--chunk_size_mb`), at most `--max_buffer_mb` of text in
+flight, so memory does not grow with the input. Worker processes (`--num_workers`) split, tokenise (the Rust
+tokenizer single-threaded inside each) and build instances; the parent writes the records in chunk order,
+instance n to shard n mod `--num_outputs`. Each chunk's random stream comes from (seed, chunk number,
+duplicate number), so the shards are byte-identical whatever the number of workers. Shards are written to
+temporary files and renamed when complete: a crash never leaves a damaged shard behind.
+
+Instances follow Bort's script (see `bort.data.instances`); the record layout and the header record are in
+`bort.data.instance_format`; `PretrainingDataset` and `collate` read them back. A summary of what was read,
+skipped, truncated and written is printed and saved as `summary.json` in the output directory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+from .chunk_worker import ChunkProcessor, ChunkResult, init_worker, run_chunk
+from .instance_format import FORMAT, FORMAT_VERSION, encode_header, needs_u32, vocab_hash
+from .instances import InstanceSettings
+from .pretraining_dataset import PretrainingDataError, PretrainingDataset, PretrainingShard, collate
+from .recordio import RecordIOWriter
+from .text_chunks import iter_chunks, resolve_inputs
+
+__all__ = ["InstanceSettings", "create_pretraining_data", "add_args", "run", "PretrainingShard",
+           "PretrainingDataset", "PretrainingDataError", "collate", "DATASET_VOCABULARIES"]
+
+# The original's --dataset_name values and the vocabulary each one means (nothing is downloaded here).
+DATASET_VOCABULARIES = {
+    "openwebtext_ccnews_stories_books_cased":
+        ("bpe", "the RoBERTa byte-level BPE vocabulary Bort uses (vocab.json + merges.txt, 50,265 ids)"),
+    "book_corpus_wiki_en_uncased": ("wordpiece", "BERT's uncased WordPiece vocab.txt (30,522 ids)"),
+    "book_corpus_wiki_en_cased": ("wordpiece", "BERT's cased WordPiece vocab.txt (28,996 ids)"),
+    "wiki_multilingual_uncased": ("wordpiece", "multilingual BERT's uncased WordPiece vocab.txt"),
+    "wiki_multilingual_cased": ("wordpiece", "multilingual BERT's cased WordPiece vocab.txt"),
+    "wiki_cn_cased": ("wordpiece", "Chinese BERT's WordPiece vocab.txt"),
+}
+MB = 1 << 20
+
+
+class _Shards:
+    """The output shards: a header record each, then instance n in shard n mod count."""
+
+    def __init__(self, output_dir: Path, count: int, header: dict[str, Any]) -> None:
+        self.writers: list[RecordIOWriter] = []
+        try:
+            for i in range(count):
+                writer = RecordIOWriter(output_dir / f"part-{i:03d}.rec")
+                self.writers.append(writer)
+                writer.write(encode_header({**header, "shard_index": i, "num_shards": count}))
+        except BaseException:
+            self.abort()
+            raise
+        self.instances = [0] * count
+        self._next = 0
+
+    def write_framed(self, framed: bytes) -> None:
+        k = self._next % len(self.writers)
+        self.writers[k].write_framed(framed)
+        self.instances[k] += 1
+        self._next += 1
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()
+
+    def abort(self) -> None:
+        for w in self.writers:
+            w.abort()
+
+
+def _processor(tokenizer: Any, settings: InstanceSettings, max_line_chars: int) -> ChunkProcessor:
+    if tokenizer.mask_token_id is None:
+        raise ValueError("the vocabulary has no mask token; masked-LM data needs one (e.g. <mask> or [MASK])")
+    return ChunkProcessor(tokenizer.backend, settings, tokenizer.cls_token_id, tokenizer.sep_token_id,
+                          tokenizer.mask_token_id, tokenizer.vocab_size, sorted(tokenizer.all_special_ids),
+                          max_line_chars, ids_u32=needs_u32(tokenizer.vocab_size - 1),
+                          positions_u32=needs_u32(settings.max_seq_length - 1))
+
+
+def shard_header(tokenizer: Any, settings: InstanceSettings, chunk_size_mb: float, max_line_chars: int
+                 ) -> dict[str, Any]:
+    """The header record's content (without the shard number): everything that decides the output."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tokenizer_kind": tokenizer.kind,
+        "lowercase": tokenizer.lowercase,
+        "vocab_hash": vocab_hash(tokenizer.get_vocab()),
+        "vocab_size": tokenizer.vocab_size,
+        "special_ids": {"cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id,
+                        "pad": tokenizer.pad_token_id, "unk": tokenizer.unk_token_id,
+                        "mask": tokenizer.mask_token_id},
+        "id_dtype": "uint32" if needs_u32(tokenizer.vocab_size - 1) else "uint16",
+        "position_dtype": "uint32" if needs_u32(settings.max_seq_length - 1) else "uint16",
+        "settings": {**settings.to_dict(), "chunk_size_mb": chunk_size_mb, "max_line_chars": max_line_chars},
+    }
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # open() rather than mkstemp so the file gets the usual permissions (umask), not 0600.
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _executor(num_workers: int, processor: ChunkProcessor) -> ProcessPoolExecutor:
+    # fork shares the loaded tokenizer and libraries with the workers at no cost; elsewhere spawn.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context(method),
+                               initializer=init_worker, initargs=(processor,))
+
+
+def create_pretraining_data(
+    input_files: str | Sequence[str],
+    output_dir: str | os.PathLike[str],
+    tokenizer: Any,
+    settings: InstanceSettings = InstanceSettings(),
+    *,
+    num_workers: int = 1,
+    num_outputs: int = 1,
+    chunk_size_mb: float = 1.0,
+    max_buffer_mb: float = 8.0,
+    max_line_chars: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write `num_outputs` shards of pretraining instances made from `input_files` (comma-separated globs
+    or a list) with `tokenizer` (a `BortTokenizer`) into `output_dir`; returns the summary (also written
+    to `output_dir/summary.json`).
+
+    `chunk_size_mb` is the unit of work and of randomness (part of the output's identity, recorded in the
+    header); `max_buffer_mb` bounds the text in flight; `max_line_chars` (default 16 × max_seq_length) cuts
+    longer lines before tokenising. Raises FileNotFoundError when a pattern matches no file.
+    """
+    if num_workers < 1 or num_outputs < 1:
+        raise ValueError(f"num_workers and num_outputs must be >= 1, got {num_workers} and {num_outputs}")
+    if chunk_size_mb <= 0 or max_buffer_mb <= 0:
+        raise ValueError("chunk_size_mb and max_buffer_mb must be positive")
+    start = time.perf_counter()
+    files = resolve_inputs(input_files)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    max_line_chars = max_line_chars or 16 * settings.max_seq_length
+    processor = _processor(tokenizer, settings, max_line_chars)
+    header = shard_header(tokenizer, settings, chunk_size_mb, max_line_chars)
+    chunk_bytes = max(1, int(chunk_size_mb * MB))
+    in_flight = max(1, int(max_buffer_mb // chunk_size_mb))
+    counts: Counter = Counter()
+    total_bytes = sum(f.stat().st_size for f in files)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="pretraining data", disable=not progress,
+               file=sys.stderr)
+    shards = _Shards(out, num_outputs, header)
+
+    def consume(result: ChunkResult) -> None:
+        for framed in result.records:
+            shards.write_framed(framed)
+        counts.update(result.counts)
+        counts["chunks"] += 1
+        bar.update(min(result.input_bytes, bar.total - bar.n))
+
+    # Blocks are read lazily as chunks are submitted, so reading never runs ahead of the buffer.
+    chunks = iter_chunks(files, chunk_bytes, 4 * max_line_chars, counts)
+    saved_env = os.environ.get("TOKENIZERS_PARALLELISM")
+    executor = None
+    try:
+        if num_workers == 1:
+            for index, data in enumerate(chunks):
+                consume(processor.process(index, data))
+        else:
+            # Set while the workers are forked: they inherit it and tokenize single-threaded, silently.
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            executor = _executor(num_workers, processor)
+            pending: deque[Future] = deque()
+            for index, data in enumerate(chunks):
+                pending.append(executor.submit(run_chunk, index, data))
+                while len(pending) >= in_flight:
+                    consume(pending.popleft().result())
+            while pending:
+                consume(pending.popleft().result())
+    except BaseException:
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+            executor = None
+        shards.abort()
+        bar.close()
+        raise
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True)
+        if saved_env is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved_env
+    shards.close()
+    bar.close()
+
+    seconds = time.perf_counter() - start
+    names = [w.path.name for w in shards.writers]
+    stale = sorted(p.name for p in out.glob("part-*.rec") if p.name not in names)
+    summary = {
+        "output_dir": str(out),
+        "input_files": [str(f) for f in files],
+        "shards": [{"file": n, "instances": c} for n, c in zip(names, shards.instances)],
+        "counts": {k: counts[k] for k in sorted(counts)},
+        "header": header,
+        "num_workers": num_workers,
+        "seconds": round(seconds, 3),
+        "input_mb_per_s": round(counts["bytes_read"] / MB / seconds, 3) if seconds > 0 else None,
+        "stale_shards": stale,
+    }
+    _write_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A few human-readable lines about a run."""
+    c = summary["counts"]
+    total = sum(s["instances"] for s in summary["shards"])
+    masked = c.get("masked_tokens", 0) / max(1, c.get("instance_tokens", 0))
+    lines = [
+        f"wrote {total} instances to {len(summary['shards'])} shard(s) in {summary['output_dir']} "
+        f"({summary['seconds']:.1f} s, {summary['input_mb_per_s']} MB/s of input)",
+        f"read {c.get('files', 0)} file(s), {c.get('bytes_read', 0)} bytes, {c.get('lines', 0)} lines, "
+        f"{c.get('documents', 0)} documents, {c.get('tokens', 0)} tokens; {masked:.1%} of instance tokens masked",
+        "bad input: " + ", ".join(f"{k.replace('_', ' ')} {c.get(k, 0)}" for k in (
+            "lines_non_utf8", "empty_documents", "lines_truncated", "lines_cut_while_reading",
+            "documents_split")),
+    ]
+    if summary.get("stale_shards"):
+        lines.append("warning: the output directory also holds shards this run did not write: "
+                     + ", ".join(summary["stale_shards"]))
+    return "\n".join(lines)
+
+
+# =================================================================================================== CLI
+def add_args(parser: argparse.ArgumentParser) -> None:
+    """The original script's flags (plus the streaming and vocabulary options)."""
+    d = InstanceSettings()
+    parser.add_argument("--input_file", required=True,
+                        help='input text files, comma-separated globs (e.g. "~/data/*.txt"); one sentence a '
+                             "line, a blank line between documents")
+    parser.add_argument("--output_dir", required=True, help="where part-NNN.rec/.idx and summary.json go")
+    parser.add_argument("--vocab", "--tokenizer", dest="vocab", default=None,
+                        help="vocabulary: vocab.json (+ merges.txt beside it), vocab.txt, tokenizer.json, "
+                             "GluonNLP vocab JSON or a directory")
+    parser.add_argument("--merges", default=None, help="BPE merges file when not beside the vocabulary")
+    parser.add_argument("--dataset_name", default=None, choices=sorted(DATASET_VOCABULARIES),
+                        help="the original's vocabulary name; only checked against --vocab (nothing downloads)")
+    parser.add_argument("--whole_word_mask", action="store_true", help="mask whole words rather than subwords")
+    parser.add_argument("--max_seq_length", type=int, default=d.max_seq_length, help="maximum sequence length")
+    parser.add_argument("--max_predictions_per_seq", type=int, default=d.max_predictions_per_seq,
+                        help="maximum masked positions per sequence")
+    parser.add_argument("--random_seed", type=int, default=d.random_seed, help="random seed")
+    parser.add_argument("--dupe_factor", type=int, default=d.dupe_factor,
+                        help="times to use the input, with different masks")
+    parser.add_argument("--masked_lm_prob", type=float, default=d.masked_lm_prob, help="masked LM probability")
+    parser.add_argument("--short_seq_prob", type=float, default=d.short_seq_prob,
+                        help="probability of a shorter target length")
+    parser.add_argument("--random_next_prob", type=float, default=d.random_next_prob,
+                        help="probability that segment B comes from another document (the original's 0.5)")
+    parser.add_argument("--num_workers", type=int, default=1, help="worker processes")
+    parser.add_argument("--num_outputs", type=int, default=1, help="number of output shards")
+    parser.add_argument("--chunk_size_mb", type=float, default=1.0,
+                        help="text per unit of work; part of what decides the output (default: %(default)s)")
+    parser.add_argument("--max_buffer_mb", type=float, default=8.0,
+                        help="text in flight at most; bounds memory (default: %(default)s)")
+    parser.add_argument("--verbose", action="store_true", help="print the first instance")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _load_tokenizer(args: argparse.Namespace) -> Any:
+    from ..tokenization import load_tokenizer
+
+    expected = DATASET_VOCABULARIES.get(args.dataset_name) if args.dataset_name else None
+    if args.vocab is None:
+        if expected is not None:
+            raise ValueError(f"--dataset_name {args.dataset_name} means {expected[1]}; nothing is downloaded, "
+                             "so give that file with --vocab")
+        raise ValueError("give the vocabulary with --vocab (e.g. roberta-base/vocab.json for Bort)")
+    tok = load_tokenizer(args.vocab, merges=args.merges)
+    if expected is not None and tok.kind != expected[0]:
+        print(f"warning: --dataset_name {args.dataset_name} means {expected[1]}, but {args.vocab} is a "
+              f"{tok.kind} vocabulary; using {args.vocab}", file=sys.stderr)
+    return tok
+
+
+def _print_first_instance(output_dir: Path, tokenizer: Any) -> None:
+    shard = PretrainingShard(output_dir / "part-000.rec")
+    if len(shard):
+        inst = shard[0]
+        print("first instance:\n  tokens: " + " ".join(tokenizer.id_to_token(int(i)) or "?" for i in inst["input_ids"]))
+        print("  masked positions: " + " ".join(map(str, inst["masked_positions"].tolist())))
+        print("  masked tokens: " + " ".join(tokenizer.id_to_token(int(i)) or "?" for i in inst["masked_ids"]))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `create_pretraining_data.py` / `bort create-pretraining-data`; returns the exit status."""
+    try:
+        tokenizer = _load_tokenizer(args)
+        settings = InstanceSettings(
+            max_seq_length=args.max_seq_length, max_predictions_per_seq=args.max_predictions_per_seq,
+            masked_lm_prob=args.masked_lm_prob, short_seq_prob=args.short_seq_prob,
+            random_next_prob=args.random_next_prob, whole_word_mask=args.whole_word_mask,
+            dupe_factor=args.dupe_factor, random_seed=args.random_seed)
+        summary = create_pretraining_data(
+            args.input_file, args.output_dir, tokenizer, settings, num_workers=args.num_workers,
+            num_outputs=args.num_outputs, chunk_size_mb=args.chunk_size_mb, max_buffer_mb=args.max_buffer_mb,
+            progress=not args.quiet)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    if args.verbose:
+        _print_first_instance(Path(args.output_dir), tokenizer)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `create_pretraining_data.py`."""
+    parser = argparse.ArgumentParser(description="Pretraining data generator for Bort (masked-LM instances "
+                                                 "in RecordIO shards)")
+    add_args(parser)
+    return run(parser.parse_args(argv))

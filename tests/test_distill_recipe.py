@@ -1,0 +1,184 @@
+"""The distillation recipe end to end on real text: learning, torchrun equivalence, kill -9 + resume,
+non-finite losses, and clear errors."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bort import BortConfig, BortForMaskedLM, save_pretrained
+from bort.data.instances import InstanceSettings
+from bort.data.pretraining import create_pretraining_data
+from bort.distill import recipe as recipe_module
+from bort.distill.recipe import DistillSettings, NonFiniteLossError, run_distillation
+from bort.train.metrics import read_jsonl
+from bort.tokenization import load_tokenizer
+
+from hf_helpers import REPO, minilm_dir
+
+# No dropout: a curve can only be identical across world sizes if the noise is too.
+STUDENT = json.dumps({"preset": "bort_4_8_768_1024", "hidden_size": 32, "num_attention_heads": 4,
+                      "intermediate_size": 48, "num_hidden_layers": 2, "max_position_embeddings": 64,
+                      "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Pretraining shards from the repository's real sample text with the real MiniLM WordPiece vocabulary."""
+    out = tmp_path_factory.mktemp("data")
+    tokenizer = load_tokenizer(minilm_dir() / "vocab.txt")
+    create_pretraining_data(str(REPO / "test_data" / "sample_text.txt"), out / "train", tokenizer,
+                            InstanceSettings(max_seq_length=48, max_predictions_per_seq=8, dupe_factor=4),
+                            progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A small teacher with an MLM head over the same vocabulary (random weights, fixed seed)."""
+    torch.manual_seed(1)
+    cfg = BortConfig.preset("bert-base", hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                            num_hidden_layers=3, max_position_embeddings=64)
+    path = tmp_path_factory.mktemp("teacher")
+    save_pretrained(BortForMaskedLM(cfg), path)
+    return path
+
+
+def _settings(data: Path, out: Path, **extra) -> DistillSettings:
+    values = dict(train=[str(data / "train" / "part-*.rec")], test=[str(data / "train" / "part-000.rec")],
+                  student=STUDENT, output_dir=str(out), batch_size=8, max_steps=5, lr=1e-3, warmup_ratio=0.2,
+                  log_interval=1, eval_interval=0, checkpoint_interval=0, progress=False, seed=3)
+    values.update(extra)
+    return DistillSettings(**values)
+
+
+def test_kd_distillation_learns_and_writes_everything(data, teacher, tmp_path):
+    summary = run_distillation(_settings(data, tmp_path, teacher=str(teacher), max_steps=30, eval_interval=15,
+                                         eval_batches=2, checkpoint_interval=10))
+    assert summary["steps"] == 30 and summary["skipped_steps"] == 0
+    records = read_jsonl(tmp_path / "metrics.jsonl")
+    train = [r for r in records if r["event"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 31))
+    first, last = sum(r["loss"] for r in train[:5]) / 5, sum(r["loss"] for r in train[-5:]) / 5
+    assert last < 0.9 * first, (first, last)
+    assert all({"mlm", "kd", "teacher_mse"} <= set(r) for r in train)
+    evals = [r for r in records if r["event"] == "eval"]
+    assert [r["step"] for r in evals] == [15, 30] and "eval_kd" in evals[0]
+    assert evals[1]["eval_mlm_loss"] < evals[0]["eval_mlm_loss"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000010", "step-0000020",
+                                                                             "step-0000030"]
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    assert (tmp_path / "final" / "model.safetensors").exists()
+
+
+def test_minilm_teacher_without_mlm_head_uses_hidden_and_attention_matching(data, tmp_path):
+    summary = run_distillation(_settings(data, tmp_path, teacher=str(minilm_dir()), max_steps=3))
+    last = summary["last"]
+    assert "kd" not in last and last["hidden"] > 0 and last["attention"] > 0
+
+
+def _torchrun(args: list[str], nproc: int, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env_extra or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           str(REPO / "run_pretraining_distillation.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def _cli_args(data: Path, teacher: Path, out: Path, batch: int, steps: int = 5) -> list[str]:
+    return ["--train", str(data / "train" / "part-*.rec"), "--teacher", str(teacher), "--student", STUDENT,
+            "--output-dir", str(out), "--batch-size", str(batch), "--max-steps", str(steps), "--lr", "1e-3",
+            "--warmup-ratio", "0.2", "--log-interval", "1", "--eval-interval", "0", "--checkpoint-interval", "0",
+            "--seed", "3", "--no-progress"]
+
+
+def test_two_process_torchrun_follows_the_one_process_curve(data, teacher, tmp_path):
+    one = _torchrun(_cli_args(data, teacher, tmp_path / "one", batch=8), nproc=1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _torchrun(_cli_args(data, teacher, tmp_path / "two", batch=4), nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = [r for r in read_jsonl(tmp_path / "one" / "metrics.jsonl") if r["event"] == "train"]
+    b = [r for r in read_jsonl(tmp_path / "two" / "metrics.jsonl") if r["event"] == "train"]
+    assert len(a) == len(b) == 5
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+    for x, y in zip(a, b):
+        assert x["masked_tokens"] == y["masked_tokens"]
+        assert abs(x["loss"] - y["loss"]) <= 1e-5, (x["step"], x["loss"], y["loss"])
+    wa, wb = load_file(tmp_path / "one" / "final" / "model.safetensors"), load_file(tmp_path / "two" / "final" / "model.safetensors")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
+
+
+def test_kill_minus_nine_then_resume_gives_bitwise_identical_weights(data, teacher, tmp_path):
+    base = _cli_args(data, teacher, tmp_path / "x", batch=4, steps=12)
+    base += ["--checkpoint-interval", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    script = str(REPO / "run_pretraining_distillation.py")
+    ref_args = [a if a != str(tmp_path / "x") else str(tmp_path / "ref") for a in base]
+    # dropout on: resume must reproduce the noise too
+    noisy = STUDENT.replace('"hidden_dropout_prob": 0.0', '"hidden_dropout_prob": 0.1')
+    ref_args = [noisy if a == STUDENT else a for a in ref_args]
+    run_args = [noisy if a == STUDENT else a for a in base]
+    ref = subprocess.run([sys.executable, script, *ref_args], capture_output=True, text=True, env=env, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    victim = subprocess.Popen([sys.executable, script, *run_args], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while not (tmp_path / "x" / "checkpoints" / "step-0000004").exists():
+        assert victim.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "x" / "final").exists()
+    resumed = subprocess.run([sys.executable, script, *run_args, "--resume"], capture_output=True, text=True,
+                             env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    a, b = load_file(tmp_path / "ref" / "final" / "model.safetensors"), load_file(tmp_path / "x" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    steps = [r["step"] for r in read_jsonl(tmp_path / "x" / "metrics.jsonl") if r["event"] == "train"]
+    assert steps == list(range(1, 13)), "the resumed log reads as one run"
+
+
+def test_non_finite_losses_are_skipped_counted_and_limited(data, tmp_path, monkeypatch):
+    original = recipe_module._StudentWithLoss.forward
+    calls = {"n": 0}
+
+    def sometimes_nan(self, batch, teacher_out):
+        total, parts = original(self, batch, teacher_out)
+        calls["n"] += 1
+        if calls["n"] in (2, 4):
+            total = total * float("nan")
+        return total, parts
+
+    monkeypatch.setattr(recipe_module._StudentWithLoss, "forward", sometimes_nan)
+    summary = run_distillation(_settings(data, tmp_path / "ok", max_steps=5))
+    assert summary["skipped_steps"] == 2 and summary["steps"] == 5
+    weights = load_file(tmp_path / "ok" / "final" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    calls["n"] = 0
+    with pytest.raises(NonFiniteLossError, match="2 steps had non-finite losses"):
+        run_distillation(_settings(data, tmp_path / "stop", max_steps=5, max_bad_steps=1))
+
+
+def test_clear_errors_for_mismatched_inputs(data, tmp_path):
+    roberta_teacher = tmp_path / "roberta"
+    save_pretrained(BortForMaskedLM(BortConfig.preset("roberta-base", hidden_size=16, num_attention_heads=2,
+                                                      intermediate_size=16, num_hidden_layers=1)), roberta_teacher)
+    with pytest.raises(ValueError, match="teacher .* has 50265 ids but the data .* 30522-id vocabulary"):
+        run_distillation(_settings(data, tmp_path / "a", teacher=str(roberta_teacher)))
+    with pytest.raises(ValueError, match="cannot fill one global batch"):
+        run_distillation(_settings(data, tmp_path / "b", batch_size=100000))
+    with pytest.raises(FileNotFoundError, match="no pretraining shard matches .*missing"):
+        run_distillation(_settings(data, tmp_path / "c", train=[str(tmp_path / "missing-*.rec")]))
