@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from .instance_format import decode_header, decode_instance
 from .recordio import RecordIOError, RecordIOReader, index_path_for, read_index
@@ -182,7 +181,7 @@ class PretrainingDataset:
         return self.shards[k][i - (self._ends[k - 1] if k else 0)]
 
 
-def collate(instances: Sequence[dict[str, np.ndarray]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(instances: Sequence[dict[str, np.ndarray]], pad_id: int) -> dict[str, "torch.Tensor"]:
     """Batch instances, padding only to this batch's longest sequence and largest number of predictions.
 
     Returns `input_ids` and `attention_mask` (batch, length), `valid_length` (batch,), and
@@ -204,6 +203,8 @@ def collate(instances: Sequence[dict[str, np.ndarray]], pad_id: int) -> dict[str
         labels[r, :p] = x["masked_ids"]
         weights[r, :p] = 1.0
     mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+    import torch  # here, not at the top: data-creation workers import this module and never batch
+
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
             "valid_length": torch.from_numpy(lengths), "masked_positions": torch.from_numpy(positions),
             "masked_ids": torch.from_numpy(labels), "masked_weights": torch.from_numpy(weights)}
