@@ -3,6 +3,7 @@ non-finite losses, and clear errors."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -100,20 +101,69 @@ def _cli_args(data: Path, teacher: Path, out: Path, batch: int, steps: int = 5) 
             "--seed", "3", "--no-progress"]
 
 
-def test_two_process_torchrun_follows_the_one_process_curve(data, teacher, tmp_path):
-    one = _torchrun(_cli_args(data, teacher, tmp_path / "one", batch=8), nproc=1)
+@pytest.fixture(scope="module")
+def one_process_curve(data, teacher, tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("one")
+    one = _torchrun(_cli_args(data, teacher, out, batch=8), nproc=1)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _torchrun(_cli_args(data, teacher, tmp_path / "two", batch=4), nproc=2)
-    assert two.returncode == 0, two.stderr[-3000:]
-    a = [r for r in read_jsonl(tmp_path / "one" / "metrics.jsonl") if r["event"] == "train"]
-    b = [r for r in read_jsonl(tmp_path / "two" / "metrics.jsonl") if r["event"] == "train"]
-    assert len(a) == len(b) == 5
-    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
-    for x, y in zip(a, b):
+    return [r for r in read_jsonl(out / "metrics.jsonl") if r["event"] == "train"]
+
+
+def _assert_same_curve(reference: list[dict], out: Path) -> None:
+    got = [r for r in read_jsonl(out / "metrics.jsonl") if r["event"] == "train"]
+    assert len(reference) == len(got) == 5
+    assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+    for x, y in zip(reference, got):
         assert x["masked_tokens"] == y["masked_tokens"]
         assert abs(x["loss"] - y["loss"]) <= 1e-5, (x["step"], x["loss"], y["loss"])
-    wa, wb = load_file(tmp_path / "one" / "final" / "model.safetensors"), load_file(tmp_path / "two" / "final" / "model.safetensors")
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
+
+
+def test_two_process_torchrun_follows_the_one_process_curve(data, teacher, one_process_curve, tmp_path):
+    two = _torchrun(_cli_args(data, teacher, tmp_path / "two", batch=4), nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    _assert_same_curve(one_process_curve, tmp_path / "two")
+
+
+def _mpirun() -> str:
+    required = os.environ.get("BORT_MPI_REQUIRED")
+    mpirun = shutil.which("mpirun")
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        mpirun = None
+    if mpirun is None:
+        reason = "MPI launch needs mpirun (Debian openmpi-bin) and mpi4py"
+        pytest.fail(reason) if required else pytest.skip(reason)
+    return mpirun
+
+
+def test_mpi_launch_trains_like_one_process(data, teacher, one_process_curve, tmp_path):
+    mpirun = _mpirun()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [mpirun, "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "OMP_NUM_THREADS", "-x", "PYTHONPATH",
+           sys.executable, str(REPO / "run_pretraining_distillation_hvd.py"),
+           *_cli_args(data, teacher, tmp_path / "mpi", batch=4)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "(mpi, cpu)" in run.stderr
+    _assert_same_curve(one_process_curve, tmp_path / "mpi")
+
+
+def test_a_dying_rank_makes_the_others_exit_instead_of_hanging(data, teacher, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(Path(__file__).parent / "helpers" / "dying_rank.py"),
+           *_cli_args(data, teacher, tmp_path / "dies", batch=4, steps=20)]
+    start = time.time()
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode != 0
+    assert time.time() - start < 120
+    assert "exitcode  : 17" in run.stderr  # torchrun names the rank that died and how
+
+
+def test_bf16_autocast_trains(data, teacher, tmp_path):
+    summary = run_distillation(_settings(data, tmp_path, teacher=str(teacher), precision="bf16", max_steps=3))
+    assert summary["skipped_steps"] == 0 and math.isfinite(summary["last"]["loss"])
 
 
 def test_kill_minus_nine_then_resume_gives_bitwise_identical_weights(data, teacher, tmp_path):
