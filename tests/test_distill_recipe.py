@@ -232,3 +232,19 @@ def test_clear_errors_for_mismatched_inputs(data, tmp_path):
         run_distillation(_settings(data, tmp_path / "b", batch_size=100000))
     with pytest.raises(FileNotFoundError, match="no pretraining shard matches .*missing"):
         run_distillation(_settings(data, tmp_path / "c", train=[str(tmp_path / "missing-*.rec")]))
+
+
+def test_student_initialised_from_teacher_layers(data, teacher, tmp_path):
+    same_width = json.dumps({"preset": "bert-base", "hidden_size": 32, "num_attention_heads": 4,
+                             "intermediate_size": 64, "num_hidden_layers": 2, "max_position_embeddings": 64})
+    run_distillation(_settings(data, tmp_path, teacher=str(teacher), student=same_width, student_init="teacher",
+                               max_steps=1, lr=0.0))
+    student = load_file(tmp_path / "final" / "model.safetensors")
+    source = load_file(teacher / "model.safetensors")
+    assert torch.equal(student["bort.embeddings.word_embeddings.weight"], source["bort.embeddings.word_embeddings.weight"])
+    # 2 student layers over 3 teacher layers: student layer 1 ← teacher layer 2, layer 2 ← layer 3
+    for s_idx, t_idx in ((0, 1), (1, 2)):
+        key = "bort.encoder.layer.{}.attention.self.query.weight"
+        assert torch.equal(student[key.format(s_idx)], source[key.format(t_idx)])
+    with pytest.raises(Exception, match="shapes differ"):
+        run_distillation(_settings(data, tmp_path / "bad", teacher=str(teacher), student_init="teacher"))
