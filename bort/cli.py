@@ -1,8 +1,9 @@
-"""`bort <command>`: the command-line entry point. Each command lives with the code it runs; this file
+"""`bort <command>`: the command-line entry point for the whole suite.
 only wires the sub-commands."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -57,55 +58,33 @@ def _run_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_tokenizer(sub: argparse._SubParsersAction) -> None:
-    from . import tokenization
+# Commands whose code lives in another module: (name, module, add-arguments function, run function, help).
+# Modules are imported only when the parser is built, so `bort --help` stays light.
+DELEGATED = [
+    ("demo", "demo", "add_demo_args", "run_demo",
+     "load a real BERT, convert its checkpoint, build data and distil a Bort student from it"),
+    ("train-tokenizer", "tokenization", "add_train_tokenizer_args", "run_train_tokenizer",
+     "train a WordPiece or byte-level BPE vocabulary from text files"),
+    ("tokenize", "tokenization", "add_tokenize_args", "run_tokenize",
+     "print the token ids (or tokens) of a text with any supported vocabulary"),
+    ("create-pretraining-data", "data.pretraining", "add_args", "run",
+     "make pretraining shards (RecordIO) from text files"),
+    ("distill", "distill.cli", "add_args", "run",
+     "distil a student from a teacher on pretraining shards (torchrun/MPI aware)"),
+]
 
-    p = sub.add_parser("train-tokenizer", help="train a WordPiece or byte-level BPE vocabulary from text files")
-    tokenization.add_train_tokenizer_args(p)
-    p.set_defaults(func=tokenization.run_train_tokenizer)
-
-
-def _add_tokenize(sub: argparse._SubParsersAction) -> None:
-    from . import tokenization
-
-    p = sub.add_parser("tokenize", help="print the token ids (or tokens) of a text with any supported vocabulary")
-    tokenization.add_tokenize_args(p)
-    p.set_defaults(func=tokenization.run_tokenize)
-
-
-def _add_create_pretraining_data(sub: argparse._SubParsersAction) -> None:
-    from .data import pretraining
-
-    p = sub.add_parser("create-pretraining-data", help="make pretraining shards (RecordIO) from text files")
-    pretraining.add_args(p)
-    p.set_defaults(func=pretraining.run)
-
-
-def _add_distill(sub: argparse._SubParsersAction) -> None:
-    from .distill import cli as distill_cli
-
-    p = sub.add_parser("distill", help="distil a student from a teacher on pretraining shards (torchrun/MPI aware)")
-    distill_cli.add_args(p)
-    p.set_defaults(func=distill_cli.run)
-
-
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    from . import demo
-
-    p = sub.add_parser("demo", help="load a real BERT, embed sentences, convert checkpoints, time Bort vs BERT-base")
-    demo.add_demo_args(p)
-    p.set_defaults(func=demo.run_demo)
-
-
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_convert, _add_presets,
-                                                                 _add_train_tokenizer, _add_tokenize,
-                                                                 _add_create_pretraining_data, _add_distill]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_presets]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bort", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name, add_args, run, help_text in DELEGATED:
+        module = importlib.import_module(f".{module_name}", __package__)
+        p = sub.add_parser(name, help=help_text)
+        getattr(module, add_args)(p)
+        p.set_defaults(func=getattr(module, run))
     for add in COMMANDS:
         add(sub)
     return parser
