@@ -1,5 +1,6 @@
 """`bort <command>`: the command-line entry point for the whole suite.
-only wires the sub-commands."""
+
+Each command's code lives with the library part it runs; this file only wires the sub-commands."""
 from __future__ import annotations
 
 import argparse
