@@ -63,24 +63,28 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(names)}")
         names = [n for n in names if n in args.only]
     machine = common.machine_info()
-    sections, summary = [], []
+    summary = []
     for name in names:
         start = time.perf_counter()
         print(f"== {name} ({'quick' if args.quick else 'full'})", flush=True)
         status = run_in_subprocess(name, args.quick)
         seconds = time.perf_counter() - start
-        md, png = common.RESULTS_DIR / f"{name}.md", common.RESULTS_DIR / f"{name}.png"
         summary.append({"benchmark": name, "seconds": round(seconds, 1),
                         "status": "ok" if status == 0 else f"failed (exit {status})",
                         "files": ", ".join(f"{name}{ext}" for ext in (".json", ".md", ".png")
                                            if (common.RESULTS_DIR / f"{name}{ext}").exists())})
-        if status == 0 and md.exists():
+    # The combined README keeps the latest result of every benchmark, so `--only` refreshes one section.
+    sections = []
+    for name in discover():
+        md, png = common.RESULTS_DIR / f"{name}.md", common.RESULTS_DIR / f"{name}.png"
+        if md.exists():
             sections.append(md.read_text(encoding="utf-8"))
             if png.exists():
                 sections.append(f"![{name}]({name}.png)\n")
     text = ["# Benchmark results", "",
             f"`python bench/run_all.py{' --quick' if args.quick else ''}`, "
-            f"{time.strftime('%Y-%m-%d %H:%M')}. Machine at the start:", "", machine_section(machine),
+            f"{time.strftime('%Y-%m-%d %H:%M')} (ran: {', '.join(names)}; other sections are their latest "
+            "results). Machine at the start:", "", machine_section(machine),
             common.markdown_table(summary), *sections]
     common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (common.RESULTS_DIR / "README.md").write_text("\n".join(text), encoding="utf-8")

@@ -57,7 +57,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | os.PathLike, title: s
         points = [(r["step"], r[key]) for r in train if key in r and math.isfinite(r[key])]
         if points:
             axes[0].plot(*zip(*points), label=key)
-    axes[0].set(xlabel="step", ylabel="loss", title=f"{title}: training")
+    axes[0].set(xlabel="step", ylabel="loss (log scale)", title=f"{title}: training", yscale="log")
     axes[0].legend()
     for key in ("eval_mlm_loss", "eval_kd", "eval_hidden", "eval_mlm_accuracy"):
         points = [(r["step"], r[key]) for r in evals if key in r]
