@@ -3,7 +3,8 @@
 Both students are Bort-shaped (4 layers, width 1024, FFN 768, 8 heads, RoBERTa's 50,265-id vocabulary),
 fp32, batch 8 × 128 with 20 masked positions per row, the same teacher (a 2-layer Bort-shaped MLM of
 ours, decoding only masked positions), loss MLM + T²·KD at the masked positions, clipping at norm 1.
-- ours: `BortForMaskedLM` decoding only at masked positions, fused AdamW (our `build_optimizer`);
+- ours: `BortForMaskedLM` decoding only at masked positions, fused AdamW (our `build_optimizer`), gradient
+  buffers zeroed in place and reused (as the recipe does);
 - peer: HF `BertForMaskedLM` computing logits at every position (what it does), then gathering the masked
   ones for the same loss, with `torch.optim.AdamW` defaults (foreach).
 The ratio is tokens/s ours / tokens/s peer, per interleaved round (median and quartiles).
@@ -72,7 +73,7 @@ def build(quick: bool) -> dict[str, Any]:
         loss_of(logits, t).backward()
         torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
         opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
+        opt_ours.zero_grad(set_to_none=False)  # reuse the gradient buffers (see the recipe)
 
     def step_peer() -> None:
         t = teacher_logits()
