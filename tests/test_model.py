@@ -82,8 +82,6 @@ def test_training_mode_applies_dropout_and_gradients_reach_every_parameter(confi
     assert not torch.allclose(a, b)
     model(ids, labels=torch.tensor([0, 1, 1, 0])).loss.backward()
     unused = {"bort.pooler.dense.weight", "bort.pooler.dense.bias"} if not model.use_pooler else set()
-    if config.type_vocab_size:  # only type 0 is used by this input
-        pass
     for name, p in model.named_parameters():
         if name not in unused:
             assert p.grad is not None and p.grad.abs().sum() > 0, name

@@ -18,7 +18,7 @@ IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids")
 def canonical_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Put encoder parameters under `bort.` and keep head parameters at the top level, whatever model
     the state came from (a bare encoder has no prefix, heads have `bort.`)."""
-    head_roots = ("lm_head.", "classifier.", "dropout.")
+    head_roots = ("lm_head.", "classifier.")
     out = {}
     for key, value in state.items():
         if key.endswith(IGNORED_KEYS):
