@@ -72,6 +72,10 @@ DELEGATED = [
      "make pretraining shards (RecordIO) from text files"),
     ("distill", "distill.cli", "add_args", "run",
      "distil a student from a teacher on pretraining shards (torchrun/MPI aware)"),
+    ("fetch", "storage.cli", "add_fetch_args", "run_fetch",
+     "download s3://BUCKET/KEY (or a prefix) with resume and checksum verification"),
+    ("push", "storage.cli", "add_push_args", "run_push",
+     "upload a file or directory to s3://BUCKET/PREFIX (multipart, .sha256 sidecars)"),
 ]
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_presets]

@@ -4,6 +4,7 @@
 a directory with our `config.json` (native), a directory with an HF `config.json` and weights, or a Gluon
 `.params` file (whose config comes from `config`: a preset name, a JSON path, a dict or a `BortConfig`;
 without one, sizes are inferred from the shapes and the rest comes from the default Bort preset).
+An `s3://bucket/key-or-prefix` is first fetched (verified) into the cache directory (`BORT_CACHE`).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ __all__ = ["CheckpointError", "load_pretrained", "read_checkpoint", "save_pretra
 def read_checkpoint(path: str | os.PathLike, config: ConfigSpec = None
                     ) -> tuple[BortConfig, dict[str, torch.Tensor], str | None]:
     """Read any supported checkpoint: (config, canonical state dict, task it was saved as or None)."""
-    path = Path(path)
+    path = _localise(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
     if path.is_file() and path.name == WEIGHTS_NAME and is_native_dir(path.parent):
@@ -66,6 +67,18 @@ def read_checkpoint(path: str | os.PathLike, config: ConfigSpec = None
         return cfg, gluon_to_bort_state_dict(params, cfg.num_hidden_layers), None
     raise CheckpointError(f"{path}: unrecognised checkpoint; expected a directory (bort or Hugging Face) "
                           "or a Gluon .params file")
+
+
+def _localise(path: str | os.PathLike) -> Path:
+    """`path` itself, or for an `s3://` URL its verified copy in the cache (fetched or reused)."""
+    if isinstance(path, str) and path.startswith("s3://"):
+        from ..storage import StorageError, cached_path
+
+        try:
+            return cached_path(path)
+        except StorageError as err:  # one error type for every checkpoint problem (the CLI reports it)
+            raise CheckpointError(str(err)) from err
+    return Path(path)
 
 
 def checkpoint_task(state: dict[str, torch.Tensor]) -> str | None:

@@ -62,6 +62,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     a("--allow-truncated-data", dest="allow_truncated_data", action="store_true",
       help="use the intact records of a truncated shard (the damaged tail is counted) instead of stopping")
     a("--no-progress", dest="progress", action="store_false")
+    a("--push-to", dest="push_to", default=None, metavar="s3://BUCKET/PREFIX",
+      help="upload each checkpoint (and final/) to PREFIX/<name>/ in the background; failures are retried and "
+           "reported in summary.json, never stop training (endpoint: AWS_ENDPOINT_URL_S3)")
 
 
 _PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}

@@ -43,6 +43,7 @@ from .losses import DistillationLoss, uniform_layer_map
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ("mlm", "kd", "hidden", "attention", "teacher_mse")
+PUSH_DRAIN_SECONDS = 600.0  # how long the end of a run waits for queued checkpoint uploads
 
 
 @dataclass
@@ -85,6 +86,7 @@ class DistillSettings:
     launcher: str = "auto"
     allow_truncated_data: bool = False
     progress: bool = True
+    push_to: str | None = None  # s3://BUCKET/PREFIX: each checkpoint is uploaded in the background
 
     def __post_init__(self) -> None:
         if isinstance(self.train, str):
@@ -199,6 +201,11 @@ class DistillationRecipe:
         self.scheduler = build_schedule(self.optimizer, self.total_steps, warmup_ratio=s.warmup_ratio, kind=s.schedule)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=s.precision == "fp16")
         self.step, self.bad_steps, self.skipped_steps = 0, 0, 0
+        self.uploader = None
+        if s.push_to and self.env.is_main:
+            from ..storage import CheckpointUploader
+
+            self.uploader = CheckpointUploader(s.push_to, self.out / ".push-staging")
         if s.resume:
             self._resume()
         if self.env.is_main:
@@ -352,6 +359,8 @@ class DistillationRecipe:
                      "global_batch_size": self.plan.global_batch_size, "settings": dataclasses.asdict(self.s)}
             path = checkpointing.save_checkpoint(self.out / "checkpoints", self.step, self.student, state,
                                                  keep=self.s.keep_checkpoints)
+            if self.uploader is not None:
+                self.uploader.enqueue(path)  # snapshots and returns at once; uploads never block training
         barrier(self.env)
         return path
 
@@ -387,6 +396,11 @@ class DistillationRecipe:
             from ..checkpoint import save_pretrained
 
             save_pretrained(self.student, self.out / "final")
+            if self.uploader is not None:
+                self.uploader.enqueue(self.out / "final")
+                # Bounded: a dead endpoint delays the end of the run by at most this, and is reported.
+                summary["push"] = self.uploader.close(timeout=PUSH_DRAIN_SECONDS)
+                self.metrics.log({"event": "push", "step": self.step, **summary["push"]})
             self.metrics.close()
             plot_curves(read_jsonl(self.out / "metrics.jsonl"), self.out / "loss.png")
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
