@@ -1,0 +1,301 @@
+"""YOSO attention: Bernoulli sampling through SimHash collisions (Zeng et al., 2021), in linear time on CPU.
+
+With Q and K rows L2-normalised, two vectors at angle θ share a τ-bit SimHash code with probability
+(1 − θ/π)^τ. YOSO-E (`yoso_e`) uses that expectation as the attention weight, Y = E·V with
+E_ij = (1 − arccos(q_i·k_j)/π)^τ, in O(n²). The sampled YOSO (`yoso`) draws m hashes; per hash every key adds
+its value to the bucket of its code and every query reads its own bucket, so the average over hashes is an
+unbiased estimate of E·V in O(n·m·d) time and O(2^τ·d) table memory, never forming an n×n tensor. Both then
+L2-normalise the output rows, which replaces softmax's denominator (as in the reference model, where Q and K
+are normalised before the cumulation and the output right after it; the optional YOSO-C convolution over V is
+added after that normalisation).
+
+Backward of the sampled path: by default the LSH backward of the paper, which replaces the derivative of
+(1 − arccos(x)/π)^τ by (τ/2)·(1 − arccos(x)/π)^τ so that the Q and K gradients are estimated from the same
+collisions as the forward pass (∇V is an exact cumulation). `exact_backward=True` computes the exact gradient
+of YOSO-E instead, in O(n²) time and O(n²) memory per batch×head chunk.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import register_attention
+
+__all__ = ["yoso_e", "yoso", "hash_codes", "YosoAttention", "YosoEAttention"]
+
+# Elements per bucket table chunk: 2^18 floats = 1 MB keeps a table and its reads in L2 cache, and stays far
+# below glibc's mmap threshold so temporaries are reused rather than page-faulted in on every call.
+_TABLE_BUDGET = 1 << 18
+# The derivative of arccos is infinite at ±1 (a query parallel to a key); clamping 1 − x² keeps it finite.
+_SQRT_EPS = 1e-12
+_MAX_HASH_CODE_LEN = 24
+
+
+# --- the collision probability ------------------------------------------------------------------------------
+def _collision_prob_grad(x: torch.Tensor, tau: int) -> torch.Tensor:
+    """d/dx (1 − arccos(x)/π)^τ = τ·(1 − arccos(x)/π)^(τ−1) / (π·√(1 − x²)), finite at x = ±1."""
+    base = 1.0 - torch.acos(x) / math.pi
+    return tau * base.pow(tau - 1) / (math.pi * (1.0 - x * x).clamp_min(_SQRT_EPS).sqrt())
+
+
+class _CollisionProb(torch.autograd.Function):
+    """(1 − arccos(x)/π)^τ elementwise, with a derivative that stays finite where autograd's is infinite."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, tau: int) -> torch.Tensor:
+        x = x.clamp(-1.0, 1.0)  # rounding can push a dot product of unit vectors just past ±1
+        ctx.save_for_backward(x)
+        ctx.tau = tau
+        return (1.0 - torch.acos(x) / math.pi).pow(tau)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (x,) = ctx.saved_tensors
+        return grad * _collision_prob_grad(x, ctx.tau), None
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
+           hash_code_len: int) -> None:
+    if q.dim() != 4 or q.shape != k.shape or q.shape[:3] != v.shape[:3]:
+        raise ValueError(f"q, k, v must be (batch, heads, n, head_dim) with matching shapes; got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if key_padding_mask is not None and key_padding_mask.shape != (q.shape[0], q.shape[2]):
+        raise ValueError(f"key_padding_mask must be (batch, n) = {(q.shape[0], q.shape[2])}, "
+                         f"got {tuple(key_padding_mask.shape)}")
+    if not isinstance(hash_code_len, int) or isinstance(hash_code_len, bool) \
+            or not 1 <= hash_code_len <= _MAX_HASH_CODE_LEN:
+        raise ValueError(f"hash_code_len must be an integer in 1..{_MAX_HASH_CODE_LEN} (2^τ buckets), "
+                         f"got {hash_code_len!r}")
+
+
+def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None):
+    """Normalised Q and K; padded positions zeroed with `masked_fill` (not a product) so that garbage,
+    even NaN, in padded slots cannot reach real tokens. A zero value makes a padded key contribute nothing."""
+    if key_padding_mask is not None:
+        pad = ~key_padding_mask.bool()[:, None, :, None]
+        q, k, v = q.masked_fill(pad, 0.0), k.masked_fill(pad, 0.0), v.masked_fill(pad, 0.0)
+    return F.normalize(q, p=2.0, dim=-1), F.normalize(k, p=2.0, dim=-1), v
+
+
+def _finish(y: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """Row L2 normalisation; padded query rows are zero (as in the reference model)."""
+    y = F.normalize(y, p=2.0, dim=-1)
+    if key_padding_mask is not None:
+        y = y.masked_fill(~key_padding_mask.bool()[:, None, :, None], 0.0)
+    return y
+
+
+# --- YOSO-E ----------------------------------------------------------------------------------------------------
+def expectation_weights(q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                        hash_code_len: int = 8) -> torch.Tensor:
+    """E = (1 − arccos(q̂·k̂)/π)^τ, (batch, heads, n, n), zero at padded keys; for inspection (O(n²))."""
+    _check(q, k, q, key_padding_mask, hash_code_len)
+    qn, kn, _ = _prepare(q, k, q, key_padding_mask)
+    e = _CollisionProb.apply(qn @ kn.transpose(-1, -2), hash_code_len)
+    if key_padding_mask is not None:
+        e = e.masked_fill(~key_padding_mask.bool()[:, None, None, :], 0.0)
+    return e
+
+
+def yoso_e(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+           hash_code_len: int = 8) -> torch.Tensor:
+    """YOSO-E: normalise(E·V) with E the SimHash collision probability; exact gradients through autograd.
+
+    q, k, v: (batch, heads, n, head_dim); key_padding_mask: (batch, n), True/1 = real token.
+    Returns (batch, heads, n, head_dim). O(n²) time and memory.
+    """
+    _check(q, k, v, key_padding_mask, hash_code_len)
+    qn, kn, v = _prepare(q, k, v, key_padding_mask)
+    e = _CollisionProb.apply(qn @ kn.transpose(-1, -2), hash_code_len)
+    return _finish(e @ v, key_padding_mask)
+
+
+# --- hashing and bucket cumulation -------------------------------------------------------------------------------
+def hash_codes(x: torch.Tensor, planes: torch.Tensor, hash_code_len: int) -> torch.Tensor:
+    """SimHash codes: x (G, n, d), planes (G, d, m·τ) → int64 (G, m, n) codes in [0, 2^τ).
+
+    Bit t of hash h says whether x lies on the positive side of hyperplane h·τ + t."""
+    g, n, _ = x.shape
+    bits = (x @ planes > 0).view(g, n, -1, hash_code_len).long()
+    weights = 1 << torch.arange(hash_code_len, device=x.device)
+    return (bits * weights).sum(-1).transpose(1, 2).contiguous()
+
+
+def _cumulate(src_codes: torch.Tensor, src_x: torch.Tensor, dst_codes: torch.Tensor, hash_code_len: int,
+              src_w: torch.Tensor | None = None, dst_w: torch.Tensor | None = None) -> torch.Tensor:
+    """Bucket sums summed over hashes: out[g, i] = Σ_h Σ_j [dst_h(i) = src_h(j)]·(dst_w[g,i]·src_w[g,j])·src_x[g,j].
+
+    codes (G, m, n_src|n_dst); src_x (G, n_src, D); optional weights (G, n, W) (absent = 1). With weights,
+    each bucket holds Σ src_w ⊗ src_x (W·D wide), so W is processed in column chunks; (group, hash) pairs are
+    batched as far as the table budget allows so that short inputs do not pay a Python loop per hash.
+    """
+    groups, num_hash, n_src = src_codes.shape
+    n_dst, dim = dst_codes.shape[-1], src_x.shape[-1]
+    buckets = 1 << hash_code_len
+    width = 1 if src_w is None else src_w.shape[-1]
+    per_pair = max(buckets, n_src, n_dst) * dim
+    wc = 1 if src_w is None else max(1, min(width, _TABLE_BUDGET // per_pair))
+    hs = max(1, min(num_hash, _TABLE_BUDGET // (per_pair * wc)))
+    gs = max(1, min(groups, _TABLE_BUDGET // (per_pair * wc * hs)))
+    out = src_x.new_zeros(groups, n_dst, dim)
+    for g0 in range(0, groups, gs):
+        g1 = min(groups, g0 + gs)
+        for h0 in range(0, num_hash, hs):
+            h1 = min(num_hash, h0 + hs)
+            gb, hb = g1 - g0, h1 - h0
+            # Each (group, hash) pair owns a disjoint slice of one flat table.
+            offsets = (torch.arange(gb * hb, device=src_codes.device) * buckets).view(gb, hb, 1)
+            src_idx = (src_codes[g0:g1, h0:h1] + offsets).reshape(-1)
+            dst_idx = (dst_codes[g0:g1, h0:h1] + offsets).reshape(-1)
+            for w0 in range(0, width, wc):
+                w1 = min(width, w0 + wc)
+                if src_w is None:
+                    vals = src_x[g0:g1]
+                else:
+                    vals = (src_w[g0:g1, :, w0:w1, None] * src_x[g0:g1, :, None, :]).reshape(gb, n_src, -1)
+                cols = vals.shape[-1]
+                vals = vals[:, None].expand(gb, hb, n_src, cols).reshape(-1, cols)
+                table = vals.new_zeros(gb * hb * buckets, cols).index_add_(0, src_idx, vals)
+                read = table.index_select(0, dst_idx).view(gb, hb, n_dst, cols).sum(1)
+                if dst_w is None:
+                    out[g0:g1] += read
+                else:
+                    out[g0:g1] += torch.einsum("gnwd,gnw->gnd", read.view(gb, n_dst, w1 - w0, dim),
+                                               dst_w[g0:g1, :, w0:w1])
+    return out
+
+
+def _exact_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, hash_code_len: int):
+    """Exact gradients of E·V (E the collision probability of normalised q, k) on (G, n, d) tensors,
+    O(n²) per group, with groups chunked so that the n×n temporaries stay within a few tables' budget."""
+    groups, n, _ = q.shape
+    step = max(1, (4 * _TABLE_BUDGET) // max(1, n * n))
+    gq, gk, gv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    for g0 in range(0, groups, step):
+        sl = slice(g0, g0 + step)
+        x = (q[sl] @ k[sl].transpose(-1, -2)).clamp(-1.0, 1.0)
+        e = (1.0 - torch.acos(x) / math.pi).pow(hash_code_len)
+        a = (grad[sl] @ v[sl].transpose(-1, -2)) * _collision_prob_grad(x, hash_code_len)
+        gq[sl], gk[sl], gv[sl] = a @ k[sl], a.transpose(-1, -2) @ q[sl], e.transpose(-1, -2) @ grad[sl]
+    return gq, gk, gv
+
+
+class _LSHCumulation(torch.autograd.Function):
+    """Sampled Σ_h Σ_j [h(q_i) = h(k_j)]·v_j / m on normalised q, k; (batch, heads, n, d) in and out."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, hash_code_len: int, num_hash: int, generator, exact_backward: bool):
+        b, h, n, d = q.shape
+        qf, kf, vf = (t.reshape(b * h, n, t.shape[-1]) for t in (q, k, v))
+        # Independent hyperplanes per batch×head, as in the reference; one draw serves all m hashes.
+        planes = torch.randn(b * h, d, num_hash * hash_code_len, generator=generator, dtype=q.dtype,
+                             device=q.device)
+        q_codes, k_codes = hash_codes(qf, planes, hash_code_len), hash_codes(kf, planes, hash_code_len)
+        y = _cumulate(k_codes, vf, q_codes, hash_code_len) / num_hash
+        ctx.save_for_backward(qf, kf, vf, q_codes, k_codes)
+        ctx.config = (b, h, hash_code_len, num_hash, exact_backward)
+        return y.view(b, h, n, v.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        qf, kf, vf, q_codes, k_codes = ctx.saved_tensors
+        b, h, tau, num_hash, exact = ctx.config
+        gf = grad.reshape(qf.shape[0], qf.shape[1], -1)
+        if exact:
+            gq, gk, gv = _exact_grads(qf, kf, vf, gf, tau)
+        else:
+            # Same collisions as the forward pass; ∇V is the transposed cumulation, ∇Q and ∇K use the
+            # (τ/2)·E approximation of dE/dx, which makes them weighted cumulations.
+            scale = tau / (2.0 * num_hash)
+            gv = _cumulate(q_codes, gf, k_codes, tau) / num_hash
+            gq = _cumulate(k_codes, kf, q_codes, tau, src_w=vf, dst_w=gf) * scale
+            gk = _cumulate(q_codes, qf, k_codes, tau, src_w=gf, dst_w=vf) * scale
+        shape = lambda t: t.view(b, h, t.shape[1], t.shape[2])  # noqa: E731
+        return shape(gq), shape(gk), shape(gv), None, None, None, None
+
+
+def yoso(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+         hash_code_len: int = 8, num_hash: int = 32, generator: torch.Generator | None = None,
+         exact_backward: bool = False) -> torch.Tensor:
+    """Sampled YOSO: normalise(LSH estimate of E·V) with `num_hash` τ-bit SimHashes, linear in n.
+
+    q, k, v: (batch, heads, n, head_dim); key_padding_mask: (batch, n), True/1 = real token; `generator`
+    seeds the hyperplanes. Backward: LSH estimate by default, exact YOSO-E gradient with `exact_backward`.
+    Returns (batch, heads, n, head_dim).
+    """
+    _check(q, k, v, key_padding_mask, hash_code_len)
+    if not isinstance(num_hash, int) or isinstance(num_hash, bool) or num_hash < 1:
+        raise ValueError(f"num_hash must be a positive integer, got {num_hash!r}")
+    qn, kn, v = _prepare(q, k, v, key_padding_mask)
+    y = _LSHCumulation.apply(qn.contiguous(), kn.contiguous(), v.contiguous(), hash_code_len, num_hash,
+                             generator, bool(exact_backward))
+    return _finish(y, key_padding_mask)
+
+
+# --- mechanisms ---------------------------------------------------------------------------------------------------
+_PARAMS: dict[str, Any] = {"hash_code_len": 8, "num_hash": 32, "conv_window": None, "exact_backward": False}
+
+
+@register_attention("yoso")
+class YosoAttention(nn.Module):
+    """Sampled YOSO behind the registry interface.
+
+    `config.attention_params`: hash_code_len τ (default 8, suited to BERT-length inputs; the LRA configs use
+    11-12 at n ≥ 1000), num_hash m (32), conv_window w (None; an integer adds YOSO-C's depthwise convolution
+    over V along the sequence, one kernel per head, after the output normalisation), exact_backward (False).
+    `need_weights=True` returns the expected weights E (not probabilities: rows are not normalised).
+    """
+
+    expectation = False
+
+    def __init__(self, config, layer_idx: int = 0) -> None:
+        super().__init__()
+        params = dict(getattr(config, "attention_params", None) or {})
+        unknown = sorted(set(params) - set(_PARAMS))
+        if unknown:
+            raise ValueError(f"unknown YOSO attention parameter(s) {', '.join(unknown)}; "
+                             f"valid: {', '.join(sorted(_PARAMS))}")
+        params = {**_PARAMS, **params}
+        self.hash_code_len = params["hash_code_len"]
+        self.num_hash = params["num_hash"]
+        self.exact_backward = bool(params["exact_backward"])
+        window = params["conv_window"]
+        heads = config.num_attention_heads
+        self.conv: nn.Conv2d | None = None
+        if window is not None:
+            if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+                raise ValueError(f"conv_window must be a positive integer or None, got {window!r}")
+            # (w, 1) kernel on (batch, heads, n, d): a 1-D convolution along the sequence per head, shared
+            # across the head's dimensions, as YOSO-C defines it.
+            self.conv = nn.Conv2d(heads, heads, kernel_size=(window, 1), padding=(window // 2, 0),
+                                  groups=heads, bias=False)
+        # Fail at construction rather than at the first batch.
+        _check(torch.empty(1, 1, 1, 1), torch.empty(1, 1, 1, 1), torch.empty(1, 1, 1, 1), None,
+               self.hash_code_len)
+        if not self.expectation and (not isinstance(self.num_hash, int) or self.num_hash < 1):
+            raise ValueError(f"num_hash must be a positive integer, got {self.num_hash!r}")
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.expectation:
+            out = yoso_e(q, k, v, key_padding_mask, hash_code_len=self.hash_code_len)
+        else:
+            out = yoso(q, k, v, key_padding_mask, hash_code_len=self.hash_code_len, num_hash=self.num_hash,
+                       exact_backward=self.exact_backward)
+        if self.conv is not None:
+            vm = v if key_padding_mask is None else v.masked_fill(~key_padding_mask.bool()[:, None, :, None], 0.0)
+            out = out + self.conv(vm)[:, :, : v.shape[2]]  # an even window yields one extra row
+        weights = expectation_weights(q, k, key_padding_mask, self.hash_code_len) if need_weights else None
+        return out, weights
+
+
+@register_attention("yoso_e")
+class YosoEAttention(YosoAttention):
+    """YOSO-E (the exact expectation, O(n²)) with the same parameters; num_hash is ignored."""
+
+    expectation = True
