@@ -192,3 +192,21 @@ def test_chunking_does_not_change_results(monkeypatch):
     monkeypatch.setattr(yoso_mod, "_TABLE_BUDGET", 64)
     for a, b in zip(run(), whole):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_pair_backward_equals_the_bucket_table_reference(monkeypatch):
+    """The LSH backward enumerates colliding pairs (fast); the d×d bucket-table cumulation is its reference."""
+    from bort.attention import yoso as Y
+
+    torch.manual_seed(0)
+    groups, m, n, d, tau = 3, 4, 300, 16, 6
+    q = torch.nn.functional.normalize(torch.randn(groups, n, d), dim=-1)
+    k = torch.nn.functional.normalize(torch.randn(groups, n, d), dim=-1)
+    v, g = torch.randn(groups, n, d), torch.randn(groups, n, d)
+    planes = torch.randn(groups, d, m * tau)
+    qc, kc = Y.hash_codes(q, planes, tau), Y.hash_codes(k, planes, tau)
+    want_q = Y._cumulate(kc, k, qc, tau, src_w=v, dst_w=g)
+    want_k = Y._cumulate(qc, q, kc, tau, src_w=g, dst_w=v)
+    monkeypatch.setattr(Y, "_PAIR_BUDGET", 37)  # many chunks, split inside query runs
+    got_q, got_k = Y._pair_grads(qc, kc, q, k, v, g)
+    assert torch.allclose(got_q, want_q, atol=1e-4) and torch.allclose(got_k, want_k, atol=1e-4)
