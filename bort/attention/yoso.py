@@ -12,7 +12,7 @@ added after that normalisation).
 Backward of the sampled path: by default the LSH backward of the paper, which replaces the derivative of
 (1 − arccos(x)/π)^τ by (τ/2)·(1 − arccos(x)/π)^τ so that the Q and K gradients are estimated from the same
 collisions as the forward pass (∇V is an exact cumulation); those collisions are enumerated as (query, key)
-pairs from codes sorted per hash, O(pairs·d), rather than through 2^τ × d² bucket tables (kept as the
+pairs from codes sorted per hash and bucket offsets, O(pairs·d), rather than through 2^τ × d² bucket tables (kept as the
 reference in `_cumulate`; at n = 4096, τ = 12 the pairs made the backward ~40× faster). `exact_backward=True` computes the exact gradient
 of YOSO-E instead, in O(n²) time and O(n²) memory per batch×head chunk.
 """
@@ -120,11 +120,31 @@ def yoso_e(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: 
 def hash_codes(x: torch.Tensor, planes: torch.Tensor, hash_code_len: int) -> torch.Tensor:
     """SimHash codes: x (G, n, d), planes (G, d, m·τ) → int64 (G, m, n) codes in [0, 2^τ).
 
-    Bit t of hash h says whether x lies on the positive side of hyperplane h·τ + t."""
+    Bit t of hash h says whether x lies on the positive side of hyperplane h·τ + t. The bits are packed by a
+    matmul with powers of two in float32 (exact for τ ≤ 24): ~15× faster on CPU than integer shifts and sums."""
     g, n, _ = x.shape
-    bits = (x @ planes > 0).view(g, n, -1, hash_code_len).long()
-    weights = 1 << torch.arange(hash_code_len, device=x.device)
-    return (bits * weights).sum(-1).transpose(1, 2).contiguous()
+    bits = (x @ planes > 0).to(torch.float32).view(g, n, -1, hash_code_len)
+    powers = torch.exp2(torch.arange(hash_code_len, device=x.device, dtype=torch.float32))
+    return (bits @ powers).long().transpose(1, 2).contiguous()
+
+
+def _bucket_sums(src_codes: torch.Tensor, src_x: torch.Tensor, dst_codes: torch.Tensor,
+                 hash_code_len: int) -> torch.Tensor:
+    """out[g, i] = Σ_h Σ_j [dst_h(i) = src_h(j)]·src_x[g, j]: the unweighted cumulation (forward and ∇V).
+
+    One group and one hash at a time with a table and a read buffer allocated once: the table (2^τ × d) stays
+    in cache and nothing is allocated inside the loop, which measured 2× faster than the batched `_cumulate`."""
+    groups, num_hash, _ = src_codes.shape
+    out = src_x.new_zeros(groups, dst_codes.shape[-1], src_x.shape[-1])
+    table = src_x.new_empty(1 << hash_code_len, src_x.shape[-1])
+    read = src_x.new_empty(dst_codes.shape[-1], src_x.shape[-1])
+    for g in range(groups):
+        for h in range(num_hash):
+            table.zero_()
+            table.index_add_(0, src_codes[g, h], src_x[g])
+            torch.index_select(table, 0, dst_codes[g, h], out=read)
+            out[g] += read
+    return out
 
 
 def _cumulate(src_codes: torch.Tensor, src_x: torch.Tensor, dst_codes: torch.Tensor, hash_code_len: int,
@@ -180,7 +200,7 @@ def _pair_grads(q_codes: torch.Tensor, k_codes: torch.Tensor, q: torch.Tensor, k
     """Σ over hashes and colliding pairs (i, j) of a_ij·k_j into ∇q_i and a_ij·q_i into ∇k_j, a_ij = g_i·v_j.
 
     A bucket table of v ⊗ k would cost 2^τ·d² per hash; instead keys are sorted by (hash, code) and each query
-    finds its colliding keys by binary search, so the work is O(pairs·d): with τ bits and random directions a
+    finds its colliding keys from its bucket's offset in that order, so the work is O(pairs·d): with τ bits and random directions a
     query collides with about n/2^τ keys per hash. Pairs are processed in chunks of `_PAIR_BUDGET`.
     """
     groups, num_hash, n = q_codes.shape
@@ -191,9 +211,12 @@ def _pair_grads(q_codes: torch.Tensor, k_codes: torch.Tensor, q: torch.Tensor, k
     for g in range(groups):
         keys = (k_codes[g] + hash_offsets).reshape(-1)
         queries = (q_codes[g] + hash_offsets).reshape(-1)
-        sorted_keys, order = keys.sort()
-        start = torch.searchsorted(sorted_keys, queries)
-        counts = torch.searchsorted(sorted_keys, queries, right=True) - start
+        order = keys.argsort(stable=True)
+        # Keys per (hash, code) bucket and where each bucket begins in sorted order: a query's colliding keys
+        # are the run order[start : start + count] of its own bucket.
+        bucket_counts = torch.bincount(keys, minlength=num_hash * shift)
+        bucket_start = bucket_counts.cumsum(0) - bucket_counts
+        start, counts = bucket_start[queries], bucket_counts[queries]
         ends = counts.cumsum(0)
         total = int(ends[-1]) if ends.numel() else 0
         first = 0
@@ -207,9 +230,10 @@ def _pair_grads(q_codes: torch.Tensor, k_codes: torch.Tensor, q: torch.Tensor, k
             within = torch.arange(qi.numel(), device=q.device) - (ends[qi] - counts[qi] - done)
             kj = tokens[order[start[qi] + within]]
             qt = tokens[qi]
-            a = (grad[g, qt] * v[g, kj]).sum(-1, keepdim=True)
-            gq[g].index_add_(0, qt, a * k[g, kj])
-            gk[g].index_add_(0, kj, a * q[g, qt])
+            # index_select rather than grad[g, qt]: advanced indexing takes a much slower path on CPU
+            a = (grad[g].index_select(0, qt) * v[g].index_select(0, kj)).sum(-1, keepdim=True)
+            gq[g].index_add_(0, qt, k[g].index_select(0, kj).mul_(a))
+            gk[g].index_add_(0, kj, q[g].index_select(0, qt).mul_(a))
             first = last
     return gq, gk
 
@@ -240,7 +264,7 @@ class _LSHCumulation(torch.autograd.Function):
         planes = torch.randn(b * h, d, num_hash * hash_code_len, generator=generator, dtype=q.dtype,
                              device=q.device)
         q_codes, k_codes = hash_codes(qf, planes, hash_code_len), hash_codes(kf, planes, hash_code_len)
-        y = _cumulate(k_codes, vf, q_codes, hash_code_len) / num_hash
+        y = _bucket_sums(k_codes, vf, q_codes, hash_code_len) / num_hash
         ctx.save_for_backward(qf, kf, vf, q_codes, k_codes)
         ctx.config = (b, h, hash_code_len, num_hash, exact_backward)
         return y.view(b, h, n, v.shape[-1])
@@ -256,7 +280,7 @@ class _LSHCumulation(torch.autograd.Function):
             # Same collisions as the forward pass; ∇V is the transposed cumulation, ∇Q and ∇K use the
             # (τ/2)·E approximation of dE/dx, which makes them weighted cumulations.
             scale = tau / (2.0 * num_hash)
-            gv = _cumulate(q_codes, gf, k_codes, tau) / num_hash
+            gv = _bucket_sums(q_codes, gf, k_codes, tau) / num_hash
             gq, gk = _pair_grads(q_codes, k_codes, qf, kf, vf, gf)
             gq, gk = gq * scale, gk * scale
         shape = lambda t: t.view(b, h, t.shape[1], t.shape[2])  # noqa: E731
