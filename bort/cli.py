@@ -28,14 +28,12 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .checkpoint import checkpoint_task, load_pretrained, read_checkpoint, save_pretrained
+    from .checkpoint import checkpoint_task, model_for_task, read_checkpoint, save_pretrained
 
-    task = args.task
-    if task == "auto":
-        _, state, saved = read_checkpoint(args.src, args.config)
-        task = saved or checkpoint_task(state)
+    cfg, state, saved = read_checkpoint(args.src, args.config)
+    task = (saved or checkpoint_task(state)) if args.task == "auto" else args.task
     task = None if task == "encoder" else task
-    model = load_pretrained(args.src, config=args.config, task=task)
+    model = model_for_task(cfg, state, task, str(args.src))
     out = save_pretrained(model, args.dest, format=args.to)
     n = sum(p.numel() for p in model.parameters())
     print(json.dumps({"src": str(args.src), "dest": str(out), "format": args.to, "task": task or "encoder",

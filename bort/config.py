@@ -143,7 +143,7 @@ class BortConfig:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write as JSON atomically (temporary file, then rename)."""
-        from .checkpoint.atomic import atomic_write_text
+        from .atomic import atomic_write_text
 
         atomic_write_text(Path(path), self.to_json_string())
 

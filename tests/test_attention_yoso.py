@@ -180,33 +180,37 @@ def test_model_forward_backward(name, params):
 
 
 def test_chunking_does_not_change_results(monkeypatch):
-    # A tiny table budget forces the group, hash and weight-column loops; results must be identical.
+    # Tiny budgets force many colliding-pair chunks (LSH backward) and one group per chunk (exact backward).
     q, k, v = _qkv(b=2, h=2, n=30, d=6, grad=True, seed=5)
     upstream = torch.randn_like(q)
 
-    def run():
-        out = yoso(q, k, v, hash_code_len=5, num_hash=6, generator=torch.Generator().manual_seed(0))
+    def run(exact):
+        out = yoso(q, k, v, hash_code_len=5, num_hash=6, generator=torch.Generator().manual_seed(0),
+                   exact_backward=exact)
         return (out, *torch.autograd.grad((out * upstream).sum(), (q, k, v)))
 
-    whole = run()
-    monkeypatch.setattr(yoso_mod, "_TABLE_BUDGET", 64)
-    for a, b in zip(run(), whole):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    whole = [run(False), run(True)]
+    monkeypatch.setattr(yoso_mod, "_PAIR_BUDGET", 3)
+    monkeypatch.setattr(yoso_mod, "_TABLE_BUDGET", 1)
+    for chunked, full in zip([run(False), run(True)], whole):
+        for a, b in zip(chunked, full):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_pair_backward_equals_the_bucket_table_reference(monkeypatch):
-    """The LSH backward enumerates colliding pairs (fast); the d×d bucket-table cumulation is its reference."""
+def test_pair_backward_equals_the_dense_collision_reference(monkeypatch):
+    """The LSH backward enumerates colliding pairs; its reference is the dense n×n collision-count matrix."""
     from bort.attention import yoso as Y
 
     torch.manual_seed(0)
     groups, m, n, d, tau = 3, 4, 300, 16, 6
-    q = torch.nn.functional.normalize(torch.randn(groups, n, d), dim=-1)
-    k = torch.nn.functional.normalize(torch.randn(groups, n, d), dim=-1)
-    v, g = torch.randn(groups, n, d), torch.randn(groups, n, d)
-    planes = torch.randn(groups, d, m * tau)
+    q = torch.nn.functional.normalize(torch.randn(groups, n, d, dtype=torch.float64), dim=-1)
+    k = torch.nn.functional.normalize(torch.randn(groups, n, d, dtype=torch.float64), dim=-1)
+    v, g = torch.randn(groups, n, d, dtype=torch.float64), torch.randn(groups, n, d, dtype=torch.float64)
+    planes = torch.randn(groups, d, m * tau, dtype=torch.float64)
     qc, kc = Y.hash_codes(q, planes, tau), Y.hash_codes(k, planes, tau)
-    want_q = Y._cumulate(kc, k, qc, tau, src_w=v, dst_w=g)
-    want_k = Y._cumulate(qc, q, kc, tau, src_w=g, dst_w=v)
+    collisions = (qc[..., :, None] == kc[..., None, :]).sum(1).to(torch.float64)  # (G, n, n) over hashes
+    weights = collisions * (g @ v.transpose(-1, -2))
     monkeypatch.setattr(Y, "_PAIR_BUDGET", 37)  # many chunks, split inside query runs
     got_q, got_k = Y._pair_grads(qc, kc, q, k, v, g)
-    assert torch.allclose(got_q, want_q, atol=1e-4) and torch.allclose(got_k, want_k, atol=1e-4)
+    torch.testing.assert_close(got_q, weights @ k, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got_k, weights.transpose(-1, -2) @ q, rtol=1e-10, atol=1e-10)

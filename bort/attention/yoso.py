@@ -12,8 +12,8 @@ added after that normalisation).
 Backward of the sampled path: by default the LSH backward of the paper, which replaces the derivative of
 (1 − arccos(x)/π)^τ by (τ/2)·(1 − arccos(x)/π)^τ so that the Q and K gradients are estimated from the same
 collisions as the forward pass (∇V is an exact cumulation); those collisions are enumerated as (query, key)
-pairs from codes sorted per hash and bucket offsets, O(pairs·d), rather than through 2^τ × d² bucket tables (kept as the
-reference in `_cumulate`; at n = 4096, τ = 12 the pairs made the backward ~40× faster). `exact_backward=True` computes the exact gradient
+pairs from codes sorted per hash and bucket offsets, O(pairs·d), rather than through 2^τ × d² bucket tables
+(at n = 4096, τ = 12 the pairs made the backward ~40× faster). `exact_backward=True` computes the exact gradient
 of YOSO-E instead, in O(n²) time and O(n²) memory per batch×head chunk.
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ from .registry import register_attention
 
 __all__ = ["yoso_e", "yoso", "hash_codes", "YosoAttention", "YosoEAttention"]
 
-# Elements per bucket table chunk: 2^18 floats = 1 MB keeps a table and its reads in L2 cache, and stays far
-# below glibc's mmap threshold so temporaries are reused rather than page-faulted in on every call.
+# The exact backward's n×n temporaries are chunked over batch×head to about 4 × 2^18 floats (4 MB): far below
+# glibc's mmap threshold, so they are reused rather than page-faulted in on every chunk.
 _TABLE_BUDGET = 1 << 18
 # The derivative of arccos is infinite at ±1 (a query parallel to a key); clamping 1 − x² keeps it finite.
 _SQRT_EPS = 1e-12
@@ -133,7 +133,8 @@ def _bucket_sums(src_codes: torch.Tensor, src_x: torch.Tensor, dst_codes: torch.
     """out[g, i] = Σ_h Σ_j [dst_h(i) = src_h(j)]·src_x[g, j]: the unweighted cumulation (forward and ∇V).
 
     One group and one hash at a time with a table and a read buffer allocated once: the table (2^τ × d) stays
-    in cache and nothing is allocated inside the loop, which measured 2× faster than the batched `_cumulate`."""
+    in cache and nothing is allocated inside the loop, which measured 2× faster than batching hashes into
+    one larger table."""
     groups, num_hash, _ = src_codes.shape
     out = src_x.new_zeros(groups, dst_codes.shape[-1], src_x.shape[-1])
     table = src_x.new_empty(1 << hash_code_len, src_x.shape[-1])
@@ -144,50 +145,6 @@ def _bucket_sums(src_codes: torch.Tensor, src_x: torch.Tensor, dst_codes: torch.
             table.index_add_(0, src_codes[g, h], src_x[g])
             torch.index_select(table, 0, dst_codes[g, h], out=read)
             out[g] += read
-    return out
-
-
-def _cumulate(src_codes: torch.Tensor, src_x: torch.Tensor, dst_codes: torch.Tensor, hash_code_len: int,
-              src_w: torch.Tensor | None = None, dst_w: torch.Tensor | None = None) -> torch.Tensor:
-    """Bucket sums summed over hashes: out[g, i] = Σ_h Σ_j [dst_h(i) = src_h(j)]·(dst_w[g,i]·src_w[g,j])·src_x[g,j].
-
-    codes (G, m, n_src|n_dst); src_x (G, n_src, D); optional weights (G, n, W) (absent = 1). With weights,
-    each bucket holds Σ src_w ⊗ src_x (W·D wide), so W is processed in column chunks; (group, hash) pairs are
-    batched as far as the table budget allows so that short inputs do not pay a Python loop per hash.
-    """
-    groups, num_hash, n_src = src_codes.shape
-    n_dst, dim = dst_codes.shape[-1], src_x.shape[-1]
-    buckets = 1 << hash_code_len
-    width = 1 if src_w is None else src_w.shape[-1]
-    per_pair = max(buckets, n_src, n_dst) * dim
-    wc = 1 if src_w is None else max(1, min(width, _TABLE_BUDGET // per_pair))
-    hs = max(1, min(num_hash, _TABLE_BUDGET // (per_pair * wc)))
-    gs = max(1, min(groups, _TABLE_BUDGET // (per_pair * wc * hs)))
-    out = src_x.new_zeros(groups, n_dst, dim)
-    for g0 in range(0, groups, gs):
-        g1 = min(groups, g0 + gs)
-        for h0 in range(0, num_hash, hs):
-            h1 = min(num_hash, h0 + hs)
-            gb, hb = g1 - g0, h1 - h0
-            # Each (group, hash) pair owns a disjoint slice of one flat table.
-            offsets = (torch.arange(gb * hb, device=src_codes.device) * buckets).view(gb, hb, 1)
-            src_idx = (src_codes[g0:g1, h0:h1] + offsets).reshape(-1)
-            dst_idx = (dst_codes[g0:g1, h0:h1] + offsets).reshape(-1)
-            for w0 in range(0, width, wc):
-                w1 = min(width, w0 + wc)
-                if src_w is None:
-                    vals = src_x[g0:g1]
-                else:
-                    vals = (src_w[g0:g1, :, w0:w1, None] * src_x[g0:g1, :, None, :]).reshape(gb, n_src, -1)
-                cols = vals.shape[-1]
-                vals = vals[:, None].expand(gb, hb, n_src, cols).reshape(-1, cols)
-                table = vals.new_zeros(gb * hb * buckets, cols).index_add_(0, src_idx, vals)
-                read = table.index_select(0, dst_idx).view(gb, hb, n_dst, cols).sum(1)
-                if dst_w is None:
-                    out[g0:g1] += read
-                else:
-                    out[g0:g1] += torch.einsum("gnwd,gnw->gnd", read.view(gb, n_dst, w1 - w0, dim),
-                                               dst_w[g0:g1, :, w0:w1])
     return out
 
 

@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 ConfigSpec = BortConfig | str | os.PathLike | dict[str, Any] | None
 
-__all__ = ["CheckpointError", "load_pretrained", "read_checkpoint", "save_pretrained", "checkpoint_task"]
+__all__ = ["CheckpointError", "checkpoint_task", "load_pretrained", "model_for_task", "read_checkpoint",
+           "save_pretrained"]
 
 
 def read_checkpoint(path: str | os.PathLike, config: ConfigSpec = None
@@ -100,16 +101,30 @@ def load_pretrained(path: str | os.PathLike, config: ConfigSpec = None, task: st
     and every mismatch is reported; a head the checkpoint lacks is initialised fresh (logged), unless
     `strict_heads`.
     """
+    _check_task(task)  # before reading: a typo should not cost a 300 MB read
+    cfg, state, _ = read_checkpoint(path, config)
+    return model_for_task(cfg, state, task, str(path), strict_heads=strict_heads)
+
+
+def model_for_task(cfg: BortConfig, state: dict[str, torch.Tensor], task: str | None, source: str,
+                   strict_heads: bool = False) -> torch.nn.Module:
+    """Build the model for `task` from a config and load an already-read (canonical) state into it — for
+    callers that looked at the checkpoint first (e.g. to see which head it has) and should not read it twice."""
+    from ..model import TASK_MODELS
+
+    _check_task(task)
+    if task == "regression" and cfg.num_labels != 1:
+        cfg = dataclasses.replace(cfg, num_labels=1, problem_type="regression")
+    model = TASK_MODELS[task](cfg)
+    load_state_into(model, state, source, strict_heads=strict_heads)
+    return model.eval()
+
+
+def _check_task(task: str | None) -> None:
     from ..model import TASK_MODELS
 
     if task not in TASK_MODELS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(str(t) for t in TASK_MODELS)}")
-    cfg, state, _ = read_checkpoint(path, config)
-    if task == "regression" and cfg.num_labels != 1:
-        cfg = dataclasses.replace(cfg, num_labels=1, problem_type="regression")
-    model = TASK_MODELS[task](cfg)
-    load_state_into(model, state, str(path), strict_heads=strict_heads)
-    return model.eval()
 
 
 def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, format: str = "native") -> Path:

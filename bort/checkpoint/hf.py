@@ -16,7 +16,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from ..config import BortConfig, ConfigError
-from .atomic import atomic_path, atomic_write_text
+from ..atomic import atomic_path, atomic_write_text
 from .errors import CheckpointError
 from .native import read_safetensors
 

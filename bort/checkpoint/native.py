@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..config import BortConfig, ConfigError
-from .atomic import atomic_path, atomic_write_text
+from ..atomic import atomic_path, atomic_write_text
 from .errors import CheckpointError
 
 FORMAT_KEY = "bort_format_version"

@@ -27,6 +27,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..atomic import atomic_write_text
 from .chunk_worker import ChunkProcessor, ChunkResult, init_worker, run_chunk
 from .instance_format import FORMAT, FORMAT_VERSION, encode_header, needs_u32, vocab_hash
 from .instances import InstanceSettings
@@ -107,16 +108,6 @@ def shard_header(tokenizer: Any, settings: InstanceSettings, chunk_size_mb: floa
         "position_dtype": "uint32" if needs_u32(settings.max_seq_length - 1) else "uint16",
         "settings": {**settings.to_dict(), "chunk_size_mb": chunk_size_mb, "max_line_chars": max_line_chars},
     }
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    # open() rather than mkstemp so the file gets the usual permissions (umask), not 0600.
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _executor(num_workers: int, processor: ChunkProcessor) -> ProcessPoolExecutor:
@@ -226,7 +217,7 @@ def create_pretraining_data(
         "input_mb_per_s": round(counts["bytes_read"] / MB / seconds, 3) if seconds > 0 else None,
         "stale_shards": stale,
     }
-    _write_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

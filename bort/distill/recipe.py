@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from ..checkpoint import checkpoint_task, load_pretrained, read_checkpoint
+from ..checkpoint import checkpoint_task, load_pretrained, model_for_task, read_checkpoint
 from ..checkpoint.errors import CheckpointError
 from ..config import BortConfig
 from ..data.pretraining_dataset import PretrainingDataset, collate
@@ -217,9 +217,9 @@ class DistillationRecipe:
         s = self.s
         if s.teacher is None:
             return None, None, False
-        _, state, saved_task = read_checkpoint(s.teacher, s.teacher_config)
+        cfg, state, saved_task = read_checkpoint(s.teacher, s.teacher_config)
         has_mlm = (saved_task or checkpoint_task(state)) == "mlm"
-        teacher = load_pretrained(s.teacher, config=s.teacher_config, task="mlm" if has_mlm else None)
+        teacher = model_for_task(cfg, state, "mlm" if has_mlm else None, s.teacher)
         teacher.requires_grad_(False).eval().to(self.env.device)
         if teacher.config.vocab_size < self.data_vocab_size or (has_mlm and teacher.config.vocab_size != self.data_vocab_size):
             raise ValueError(f"teacher {s.teacher} has {teacher.config.vocab_size} ids but the data "
