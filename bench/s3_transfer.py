@@ -14,12 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,35 +23,10 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable from t
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
+from bort.storage.local_server import MotoServer  # noqa: E402
 
 NAME = "s3_transfer"
 BUCKET, KEY = "bort-bench", "ckpt/model.bin"
-
-
-class _Server:
-    """`python -m moto.server` on a free port of 127.0.0.1, restartable on the same port."""
-
-    def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url, self.proc = f"http://127.0.0.1:{self.port}", None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(self.url + "/moto-api/", timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("moto server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -69,7 +40,7 @@ def run(quick: bool) -> dict[str, Any]:
     size = 32_000_000 if quick else 200_000_000
     repeats = 2 if quick else 3
     work = Path(tempfile.mkdtemp(prefix="bort-s3-bench-"))
-    server = _Server()
+    server = MotoServer()
     server.start()
     try:
         client = make_client(server.url, max_attempts=1)

@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bort import BortConfig, BortForMaskedLM, BortModel, load_pretrained, save_pretrained
-from bort.model import BortForMultipleChoice, BortForSequenceClassification
+from bort import BortConfig, BortForMaskedLM, load_pretrained, save_pretrained
 
 from hf_helpers import minilm_dir, real_sentences
 

@@ -13,9 +13,12 @@ import bisect
 import glob
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 from .instance_format import decode_header, decode_instance
 from .recordio import RecordIOError, RecordIOReader, index_path_for, read_index
@@ -181,7 +184,7 @@ class PretrainingDataset:
         return self.shards[k][i - (self._ends[k - 1] if k else 0)]
 
 
-def collate(instances: Sequence[dict[str, np.ndarray]], pad_id: int) -> dict[str, "torch.Tensor"]:
+def collate(instances: Sequence[dict[str, np.ndarray]], pad_id: int) -> dict[str, torch.Tensor]:
     """Batch instances, padding only to this batch's longest sequence and largest number of predictions.
 
     Returns `input_ids` and `attention_mask` (batch, length), `valid_length` (batch,), and
