@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -98,23 +98,52 @@ def portable(value: Any, temp: str | None = None) -> Any:
     return value
 
 
-def train_interleaved(trainers: dict[str, Any], chunk: int, start: float) -> dict[str, list[float]]:
-    """Advance every trainer `chunk` steps per round, the order rotating per round, until all are done;
-    returns each mechanism's training seconds per round (same steps, same batches: comparable per round)."""
+def train_interleaved(trainers: dict[str, Any], chunk: int, start: float,
+                      rounds: dict[str, dict[int, float]] | None = None,
+                      on_round: Callable[[dict[str, dict[int, float]]], None] | None = None
+                      ) -> dict[str, dict[int, float]]:
+    """Advance every trainer `chunk` steps per round, the order rotating per round, until all are done.
+
+    Returns each mechanism's training seconds per round keyed by the round's first step: the same steps on the
+    same batches for every mechanism, so rounds compare like with like (`round_ratio`). A round starts at the
+    lowest step any unfinished trainer is at; a trainer already past it (resumed from a later checkpoint than
+    the others) sits the round out. `rounds` continues an earlier record; `on_round(rounds)` runs after each
+    round (to persist it)."""
     mechanisms = list(trainers)
-    rounds: dict[str, list[float]] = {m: [] for m in mechanisms}
+    rounds = {} if rounds is None else rounds
+    for m in mechanisms:
+        rounds.setdefault(m, {})
     r = 0
     while not all(t.done for t in trainers.values()):
+        first = min(t.step for t in trainers.values() if not t.done)
         for m in mechanisms[r % len(mechanisms):] + mechanisms[:r % len(mechanisms)]:
-            before = len(trainers[m].step_seconds)
-            trainers[m].train_steps(chunk)
-            rounds[m].append(sum(trainers[m].step_seconds[before:]))
+            trainer = trainers[m]
+            if trainer.done or trainer.step != first:
+                continue
+            before = len(trainer.step_seconds)
+            trainer.train_steps(chunk)
+            rounds[m][first] = sum(trainer.step_seconds[before:])
         r += 1
         line = "  ".join(f"{m} {trainers[m].history[-1]['dev_accuracy']:.3f}" if trainers[m].history else m
                          for m in mechanisms)
-        print(f"round {r}: step {trainers[mechanisms[0]].step}  dev {line}  ({time.perf_counter() - start:.0f} s)",
-              flush=True)
+        print(f"round from step {first}: dev {line}  ({time.perf_counter() - start:.0f} s)", flush=True)
+        if on_round is not None:
+            on_round(rounds)
     return rounds
+
+
+def round_ratio(rounds: dict[str, dict[int, float]], mechanism: str, reference: str = "dense"
+                ) -> dict[str, float] | None:
+    """Median and quartiles of mechanism / reference training time over the rounds both trained; None for the
+    reference itself or when there is no common round."""
+    if mechanism == reference or reference not in rounds:
+        return None
+    ours, ref = rounds.get(mechanism, {}), rounds[reference]
+    ratios = [ours[s] / ref[s] for s in sorted(set(ours) & set(ref)) if ref[s] > 0]
+    if not ratios:
+        return None
+    q1, med, q3 = common.quartiles(ratios)
+    return {"median": med, "q1": q1, "q3": q3, "rounds": len(ratios)}
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,11 +162,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         rows, curves, summaries = [], {}, {}
         for m in mechanisms:
             summary = summaries[m] = trainers[m].finish()
-            ratio = None
-            if "dense" in rounds and m != "dense":
-                per_round = [a / b for a, b in zip(rounds[m], rounds["dense"]) if b > 0]
-                q1, med, q3 = common.quartiles(per_round)
-                ratio = {"median": med, "q1": q1, "q3": q3}
+            ratio = round_ratio(rounds, m)
             rows.append({
                 "mechanism": m, "attention_params": summary["attention_params"], "steps": summary["steps"],
                 "best_step": summary["best_step"], "dev_accuracy": summary["dev_accuracy"],

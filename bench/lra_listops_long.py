@@ -26,12 +26,19 @@ Settings (recorded in the JSON):
 
     python bench/lra_listops_long.py --quick            # a few minutes: 6 steps of batch 8, shows the speeds
     python bench/lra_listops_long.py [--steps 2000] [--train-rows 20000] [--chunk 50] [--threads 2]
+    python bench/lra_listops_long.py --work-dir runs/listops_long   # resumable: run the same command again
 
-Not part of `run_all.py` (the full table takes hours on 2 cores).
+Not part of `run_all.py` (the full table takes hours on 2 cores). With `--work-dir` the data, every mechanism's
+checkpoints (at each dev evaluation) and the per-round timings are kept there, and the same command resumes an
+interrupted run: each mechanism from its newest checkpoint, rounds from the lowest step any mechanism is at (a
+mechanism already past it sits out), the timings of finished rounds kept. A different plan (steps, sizes, seeds,
+mechanisms, ...) in a used work directory is refused with the changed settings named.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import sys
 import tempfile
@@ -45,7 +52,8 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `bort` import
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
-from bench.lra_listops import portable, train_interleaved  # noqa: E402
+from bench.lra_listops import portable, round_ratio, train_interleaved  # noqa: E402
+from bort.atomic import atomic_write_text  # noqa: E402
 from bort.attention import available_attention  # noqa: E402
 from bort.lra import batching, listops_gen  # noqa: E402
 from bort.lra.data import load_splits  # noqa: E402
@@ -100,35 +108,90 @@ def _probe(trainers: dict[str, LRATrainer], args: argparse.Namespace) -> dict[st
     return out
 
 
+def _plan(args: argparse.Namespace, mechanisms: list[str]) -> dict[str, Any]:
+    """What fixes a run's numbers: a kept work directory is only resumed under the same plan."""
+    keys = ("steps", "chunk", "eval_interval", "train_rows", "eval_rows", "batch_size", "lr", "seed", "data_seed",
+            "min_length", "max_length")
+    return {**{k: getattr(args, k) for k in keys}, "mechanisms": mechanisms}
+
+
+def _check_plan(work: Path, plan: dict[str, Any]) -> None:
+    """Record the plan in a new work directory; in a used one, refuse a different plan (naming the changes)."""
+    path = work / "plan.json"
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"{path}: unreadable run plan ({exc}); remove the work directory to start afresh")
+        changed = sorted(k for k in set(plan) | set(before) if plan.get(k) != before.get(k))
+        if changed:
+            raise SystemExit(f"{work} holds a run with a different plan: " + "; ".join(
+                f"{k} {before.get(k)!r} → {plan.get(k)!r}" for k in changed) +
+                ". Use another --work-dir, or the same settings to resume.")
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(plan, indent=2, sort_keys=True) + "\n")
+
+
+def _data(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The generated splits under `work/data` (made once: written to a temporary sibling, then renamed)."""
+    data = work / "data"
+    if (data / "generation.json").is_file():
+        return json.loads((data / "generation.json").read_text(encoding="utf-8"))
+    tmp = Path(tempfile.mkdtemp(prefix=".data-", dir=work))
+    try:
+        spec = listops_gen.ListOpsSpec(min_length=args.min_length, max_length=args.max_length)
+        info = listops_gen.generate_listops_dir(tmp, args.train_rows, args.eval_rows, args.eval_rows,
+                                                seed=args.data_seed, spec=spec)
+        if data.exists():
+            shutil.rmtree(data)  # an earlier generation interrupted before its generation.json
+        os.replace(tmp, data)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def _load_rounds(path: Path, trainers: dict[str, LRATrainer]) -> dict[str, dict[int, float]]:
+    """Per-round seconds recorded by an earlier run, minus the rounds its trainers will redo (past their
+    resumed checkpoints)."""
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    return {m: {int(s): t for s, t in saved.get(m, {}).items() if int(s) < trainers[m].step} for m in trainers}
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     mechanisms = [m for m in args.mechanisms if m in available_attention()]
     missing = [m for m in args.mechanisms if m not in mechanisms]
-    work = Path(tempfile.mkdtemp(prefix="lra_listops_long_"))
+    keep = args.work_dir is not None
+    work = args.work_dir.resolve() if keep else Path(tempfile.mkdtemp(prefix="lra_listops_long_"))
     start = time.perf_counter()
     try:
-        spec = listops_gen.ListOpsSpec(min_length=args.min_length, max_length=args.max_length)
-        info = listops_gen.generate_listops_dir(work / "data", args.train_rows, args.eval_rows, args.eval_rows,
-                                                seed=args.data_seed, spec=spec)
+        _check_plan(work, _plan(args, mechanisms))
+        info = _data(work, args)
         splits = load_splits(get_task("listops"), work / "data")
         trainers = {m: LRATrainer(_settings(m, args, work / "data", work / "runs"), splits) for m in mechanisms}
-        rounds = train_interleaved(trainers, args.chunk, start)
+        resumed = {m: t.resume() and t.step for m, t in trainers.items()} if keep else {}
+        if any(resumed.values()):
+            print("resumed: " + ", ".join(f"{m} at step {s}" for m, s in resumed.items() if s), flush=True)
+        rounds_path = work / "rounds.json"
+        rounds = train_interleaved(
+            trainers, args.chunk, start, _load_rounds(rounds_path, trainers),
+            on_round=lambda r: atomic_write_text(rounds_path, json.dumps(r, sort_keys=True) + "\n") if keep else None)
         probe = _probe(trainers, args) if args.probe_repeats > 0 else None
         rows, curves = [], {}
         summaries = {m: trainers[m].finish() for m in mechanisms}
         for m in mechanisms:
             summary = summaries[m]
-            ratio = None
-            if "dense" in rounds and m != "dense":
-                q1, med, q3 = common.quartiles([a / b for a, b in zip(rounds[m], rounds["dense"]) if b > 0])
-                ratio = {"median": med, "q1": q1, "q3": q3}
             rows.append({
                 "mechanism": m, "attention_params": summary["attention_params"], "steps": summary["steps"],
                 "best_step": summary["best_step"], "dev_accuracy": summary["dev_accuracy"],
                 "test_accuracy": summary["test_accuracy"], "majority_accuracy": summary["majority_accuracy"],
                 "ms_per_step_median": summary["ms_per_step"], "ms_per_step_q1": summary["ms_per_step_q1"],
                 "ms_per_step_q3": summary["ms_per_step_q3"], "train_seconds": summary["train_seconds"],
-                "eval_seconds": summary["eval_seconds"], "time_vs_dense": ratio,
+                "eval_seconds": summary["eval_seconds"], "time_vs_dense": round_ratio(rounds, m),
                 "probe_ms": probe["ms"][m] if probe else None,
                 "probe_vs_dense": (probe.get("vs_dense", {}).get(m) if probe else None)})
             curves[m] = [(h["step"], h["dev_accuracy"]) for h in trainers[m].history]
@@ -139,9 +202,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "train_length": {"min": min(lengths), "median": sorted(lengths)[len(lengths) // 2], "max": max(lengths)},
             "settings": {m: trainers[m].values for m in mechanisms}, "round_seconds": rounds, "chunk": args.chunk,
             "quick": args.quick, "wall_seconds": time.perf_counter() - start, "threads": args.threads,
+            "resumed_at": resumed, "train_seconds_total": sum(sum(t.step_seconds) for t in trainers.values()),
             "machine": common.machine_info()}, str(work))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _ratio(ratio: dict[str, float] | None, mechanism: str) -> str:
@@ -226,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mechanisms", nargs="+", default=list(MECHANISMS))
     parser.add_argument("--out-dir", dest="out_dir", type=Path, default=None,
                         help="where to write the result files (default bench/results)")
+    parser.add_argument("--work-dir", dest="work_dir", type=Path, default=None,
+                        help="keep data, checkpoints and round timings here; running again with the same "
+                             "directory and settings resumes (default: a temporary directory, removed)")
     args = parser.parse_args(argv)
     if args.quick:
         given = {a.dest for a in parser._actions if a.option_strings and any(o in (argv or sys.argv[1:])

@@ -102,3 +102,47 @@ def test_lra_listops_long_bench_tiny(tmp_path: Path) -> None:
     assert data["probe"]["length"] == 64 and data["rows"][1]["probe_vs_dense"]["median"] > 0
     assert "| yoso |" in (tmp_path / "lra_listops_long.md").read_text()
     assert (tmp_path / "lra_listops_long.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_lra_listops_long_bench_resumes_from_its_work_dir(tmp_path: Path, monkeypatch) -> None:
+    # Interrupted after step 2 of 4 (checkpoints every 2 steps), then run again with the same --work-dir: it must
+    # resume every mechanism at step 2, keep the timings of the rounds already done, and end exactly where an
+    # uninterrupted run ends (same dev curve, same test accuracy); a changed plan is refused, naming the change.
+    import torch
+
+    from bench import lra_listops_long
+
+    common_args = ["--steps", "4", "--chunk", "1", "--eval-interval", "2", "--train-rows", "12", "--eval-rows", "6",
+                   "--batch-size", "4", "--min-length", "20", "--max-length", "120", "--probe-repeats", "0",
+                   "--threads", "1", "--mechanisms", "dense", "yoso"]
+    threads = torch.get_num_threads()
+    real = lra_listops_long.train_interleaved
+
+    def interrupted(trainers, chunk, start, rounds, on_round):
+        def stop(record):
+            on_round(record)
+            if min(t.step for t in trainers.values()) >= 3:
+                raise KeyboardInterrupt
+        return real(trainers, chunk, start, rounds, stop)
+
+    try:
+        lra_listops_long.main(common_args + ["--out-dir", str(tmp_path / "straight")])
+        monkeypatch.setattr(lra_listops_long, "train_interleaved", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            lra_listops_long.main(common_args + ["--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path)])
+        saved = json.loads((tmp_path / "work" / "rounds.json").read_text())
+        assert sorted(saved["dense"]) == ["0", "1", "2"]
+        monkeypatch.setattr(lra_listops_long, "train_interleaved", real)
+        lra_listops_long.main(common_args + ["--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "resumed")])
+        with pytest.raises(SystemExit, match="lr 0.001 → 0.002"):
+            lra_listops_long.main(common_args + ["--lr", "2e-3", "--work-dir", str(tmp_path / "work"),
+                                                 "--out-dir", str(tmp_path / "changed")])
+    finally:
+        torch.set_num_threads(threads)
+    straight = json.loads((tmp_path / "straight" / "lra_listops_long.json").read_text())
+    resumed = json.loads((tmp_path / "resumed" / "lra_listops_long.json").read_text())
+    assert resumed["resumed_at"] == {"dense": 2, "yoso": 2}
+    assert sorted(resumed["round_seconds"]["yoso"], key=int) == ["0", "1", "2", "3"]  # round 2 redone, 0-1 kept
+    assert resumed["curves"] == straight["curves"]
+    for a, b in zip(resumed["rows"], straight["rows"]):
+        assert a["steps"] == b["steps"] == 4 and a["test_accuracy"] == b["test_accuracy"]
