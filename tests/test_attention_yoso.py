@@ -160,15 +160,21 @@ def test_bad_parameters_are_rejected():
         yoso_e(q, k, v, hash_code_len=0)
     with pytest.raises(ValueError, match="num_hash"):
         yoso(q, k, v, num_hash=0)
+    for bad in (0, 17, 2.5, True):
+        with pytest.raises(ValueError, match=r"backward_hashes must be None or an integer in 1 … num_hash \(16\)"):
+            yoso(q, k, v, num_hash=16, backward_hashes=bad)
+    with pytest.raises(ValueError, match="exact_backward computes the exact gradient"):
+        yoso(q, k, v, num_hash=16, backward_hashes=4, exact_backward=True)
     from bort.config import BortConfig
     config = BortConfig.preset("bert-base", num_hidden_layers=1, hidden_size=32, num_attention_heads=4,
                                intermediate_size=32, attention="yoso", attention_params={"hashes": 4})
-    with pytest.raises(ValueError, match="valid: conv_window, exact_backward, hash_code_len, hashing, num_hash"):
+    with pytest.raises(ValueError, match="valid: backward_hashes, conv_window, exact_backward, hash_code_len, hashing, num_hash"):
         get_attention("yoso")(config, 0)
 
 
 @pytest.mark.parametrize("name,params", [("yoso", {}), ("yoso_e", {}),
-                                         ("yoso", {"conv_window": 3, "hash_code_len": 6, "num_hash": 8})])
+                                         ("yoso", {"conv_window": 3, "hash_code_len": 6, "num_hash": 8}),
+                                         ("yoso", {"hash_code_len": 6, "num_hash": 8, "backward_hashes": 2})])
 def test_model_forward_backward(name, params):
     from bort.config import BortConfig
     from bort.model import BortModel
@@ -237,30 +243,36 @@ def test_collision_sums_equal_the_dense_reference(monkeypatch, path, padded):
     torch.testing.assert_close(gv, counts.t() @ g, rtol=1e-12, atol=1e-12)
 
 
-def test_lsh_core_and_gradients_equal_the_dense_collision_reference():
+@pytest.mark.parametrize("backward_hashes", [None, 3])
+def test_lsh_core_and_gradients_equal_the_dense_collision_reference(backward_hashes):
     """The whole sampled function (no normalisation) against E_sampled = collision counts / m built from the
-    same hyperplanes: output, ∇V, and the τ/2-rule ∇Q, ∇K, with padding, for both hashing methods."""
+    same hyperplanes: output, ∇V, and the τ/2-rule ∇Q, ∇K, with padding, for both hashing methods. With
+    `backward_hashes` b the gradients are those of the first b hashes' counts / b (the output still uses all m)."""
     from bort.attention.hashing import HashFamily
 
     b, h, n, d, tau, m = 2, 2, 50, 8, 5, 7
+    used = m if backward_hashes is None else backward_hashes
     for hashing in ("simhash", "hadamard"):
         gen = torch.Generator().manual_seed(5)
         q, k = (F.normalize(torch.randn(b, h, n, d, generator=gen, dtype=torch.float64), dim=-1) for _ in range(2))
         v, g = (torch.randn(b, h, n, d, generator=gen, dtype=torch.float64) for _ in range(2))
         real = _mask(b=b, n=n, lengths=(n, 31))
         q, k, v = q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
-        out = LSHAttention.apply(q, k, v, tau, m, torch.Generator().manual_seed(9), False, hashing, real, False)
+        out = LSHAttention.apply(q, k, v, tau, m, torch.Generator().manual_seed(9), False, hashing, real, False,
+                                 backward_hashes)
         grads = torch.autograd.grad(out, (q, k, v), g)
         family = HashFamily(hashing, b * h, d, m, tau, torch.Generator().manual_seed(9), torch.float64)
         for group in range(b * h):
             bi, hi = divmod(group, h)
             r = real[bi]
             qc, kc = family.codes(q[bi, hi].detach(), group), family.codes(k[bi, hi].detach(), group)
-            counts = _dense_collisions(qc, kc, tau) * (r[:, None] & r[None, :]) / m
+            pair = r[:, None] & r[None, :]
+            counts = _dense_collisions(qc, kc, tau) * pair / m
+            read = _dense_collisions(qc[:used], kc[:used], tau) * pair / used  # what the backward reads
             vv = v[bi, hi].detach().masked_fill(~r[:, None], 0)
             gg = g[bi, hi].masked_fill(~r[:, None], 0)
-            a = counts * (gg @ vv.t()) * (tau / 2)
-            expected = (counts @ vv, a @ k[bi, hi].detach(), a.t() @ q[bi, hi].detach(), counts.t() @ gg)
+            a = read * (gg @ vv.t()) * (tau / 2)
+            expected = (counts @ vv, a @ k[bi, hi].detach(), a.t() @ q[bi, hi].detach(), read.t() @ gg)
             got = (out[bi, hi], grads[0][bi, hi], grads[1][bi, hi], grads[2][bi, hi])
             for x, y in zip(got, expected):
                 torch.testing.assert_close(x.masked_fill(~r[:, None], 0), y, rtol=1e-10, atol=1e-12)
@@ -411,3 +423,21 @@ def test_map_groups_runs_in_the_callers_grad_mode():
     assert all(map_groups(lambda g: (x * g).requires_grad, 4, workers=2))
     with torch.inference_mode():
         assert all(map_groups(lambda g: torch.is_inference_mode_enabled(), 4, workers=2))
+
+
+def test_backward_hashes_all_equals_the_default_and_fewer_change_only_the_gradients():
+    q, k, v = _qkv(dtype=torch.float32, grad=True)
+    mask = _mask()
+    g = torch.randn_like(q)
+
+    def run(backward_hashes):
+        out = yoso(q, k, v, mask, hash_code_len=4, num_hash=8, generator=torch.Generator().manual_seed(3),
+                   backward_hashes=backward_hashes)
+        return (out, *torch.autograd.grad(out, (q, k, v), g))
+
+    default, every, fewer = run(None), run(8), run(2)
+    for a, b in zip(default, every):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(fewer[0], default[0], rtol=0, atol=0)  # same forward
+    assert all(not torch.equal(a, b) for a, b in zip(fewer[1:], default[1:]))
+    assert min(_cosine(a, b) for a, b in zip(fewer[1:], default[1:])) > 0.5  # the same gradient, noisier

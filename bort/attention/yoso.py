@@ -105,13 +105,16 @@ def hash_codes(x: torch.Tensor, planes: torch.Tensor, hash_code_len: int) -> tor
 
 def yoso(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
          hash_code_len: int = 8, num_hash: int = 32, generator: torch.Generator | None = None,
-         exact_backward: bool = False, hashing: str = "simhash") -> torch.Tensor:
+         exact_backward: bool = False, hashing: str = "simhash", backward_hashes: int | None = None
+         ) -> torch.Tensor:
     """Sampled YOSO: normalise(LSH estimate of E·V) with `num_hash` τ-bit SimHashes, linear in n.
 
     q, k, v: (batch, heads, n, head_dim); key_padding_mask: (batch, n), True/1 = real token; `generator`
     seeds the hash functions; `hashing`: "simhash" (Gaussian hyperplanes) or "hadamard" (structured rotations
     from the fast Walsh–Hadamard transform; see `bort.attention.hashing`). Backward: LSH estimate by default,
-    exact YOSO-E gradient with `exact_backward`. Computed on the CPU (tensors on another device are copied
+    exact YOSO-E gradient with `exact_backward`; `backward_hashes` b ≤ num_hash makes the LSH backward read only
+    b of the hashes (an unbiased estimate of the same gradient, ~num_hash/b times the variance, ~b/num_hash of
+    the backward's cost; None: all). Computed on the CPU (tensors on another device are copied
     there and back). Returns (batch, heads, n, head_dim).
     """
     _check(q, k, v, key_padding_mask, hash_code_len)
@@ -119,19 +122,32 @@ def yoso(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: to
         raise ValueError(f"num_hash must be a positive integer, got {num_hash!r}")
     if hashing not in HASHING_METHODS:
         raise ValueError(f"hashing must be one of {', '.join(HASHING_METHODS)}; got {hashing!r}")
+    _check_backward_hashes(backward_hashes, num_hash, exact_backward)
     if q.device.type != "cpu":
         # The LSH sums are a CPU implementation (numpy bookkeeping): other devices round-trip through it.
         cpu = (None if key_padding_mask is None else key_padding_mask.cpu())
         return yoso(q.cpu(), k.cpu(), v.cpu(), cpu, hash_code_len, num_hash, generator, exact_backward,
-                    hashing).to(q.device)
+                    hashing, backward_hashes).to(q.device)
     real = None if key_padding_mask is None else key_padding_mask.bool()
     return LSHAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), hash_code_len, num_hash, generator,
-                              bool(exact_backward), hashing, real, True)
+                              bool(exact_backward), hashing, real, True, backward_hashes)
+
+
+def _check_backward_hashes(backward_hashes: int | None, num_hash: int, exact_backward: bool) -> None:
+    if backward_hashes is None:
+        return
+    if not isinstance(backward_hashes, int) or isinstance(backward_hashes, bool) or \
+            not 1 <= backward_hashes <= num_hash:
+        raise ValueError(f"backward_hashes must be None or an integer in 1 … num_hash ({num_hash}), "
+                         f"got {backward_hashes!r}")
+    if exact_backward:
+        raise ValueError("backward_hashes applies to the LSH backward; exact_backward computes the exact "
+                         "gradient from no hashes: set one of them")
 
 
 # --- mechanisms ---------------------------------------------------------------------------------------------------
 _PARAMS: dict[str, Any] = {"hash_code_len": 8, "num_hash": 32, "conv_window": None, "exact_backward": False,
-                           "hashing": "simhash"}
+                           "hashing": "simhash", "backward_hashes": None}
 
 
 @register_attention("yoso")
@@ -141,7 +157,8 @@ class YosoAttention(nn.Module):
     `config.attention_params`: hash_code_len τ (default 8, suited to BERT-length inputs; the LRA configs use
     11-12 at n ≥ 1000), num_hash m (32), conv_window w (None; an integer adds YOSO-C's depthwise convolution
     over V along the sequence, one kernel per head, after the output normalisation), exact_backward (False),
-    hashing ("simhash", Gaussian hyperplanes, or "hadamard", fast Hadamard rotations; see `hashing`).
+    hashing ("simhash", Gaussian hyperplanes, or "hadamard", fast Hadamard rotations; see `hashing`),
+    backward_hashes (None: all; b: the LSH backward reads b of the m hashes — see `yoso`).
     `need_weights=True` returns the expected weights E (not probabilities: rows are not normalised).
     """
 
@@ -176,6 +193,9 @@ class YosoAttention(nn.Module):
                self.hash_code_len)
         if not self.expectation and (not isinstance(self.num_hash, int) or self.num_hash < 1):
             raise ValueError(f"num_hash must be a positive integer, got {self.num_hash!r}")
+        self.backward_hashes = params["backward_hashes"]
+        if not self.expectation:
+            _check_backward_hashes(self.backward_hashes, self.num_hash, self.exact_backward)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 key_padding_mask: torch.Tensor | None = None,
@@ -184,7 +204,8 @@ class YosoAttention(nn.Module):
             out = yoso_e(q, k, v, key_padding_mask, hash_code_len=self.hash_code_len)
         else:
             out = yoso(q, k, v, key_padding_mask, hash_code_len=self.hash_code_len, num_hash=self.num_hash,
-                       exact_backward=self.exact_backward, hashing=self.hashing)
+                       exact_backward=self.exact_backward, hashing=self.hashing,
+                       backward_hashes=self.backward_hashes)
         if self.conv is not None:
             vm = v if key_padding_mask is None else v.masked_fill(~key_padding_mask.bool()[:, None, :, None], 0.0)
             out = out + self.conv(vm)[:, :, : v.shape[2]]  # an even window yields one extra row

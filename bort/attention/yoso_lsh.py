@@ -9,7 +9,10 @@ n = 4096 the separate ops cost as much as the LSH sums themselves.
 Backward per batch×head: through the output normalisation, then ∇V (the transposed cumulation) and, by
 default, the LSH estimate of ∇q̂ and ∇k̂ of the paper: the derivative of (1 − arccos(x)/π)^τ replaced by
 (τ/2)·(1 − arccos(x)/π)^τ, so that ∇q̂_i = (τ/2m)·Σ_h Σ_{j ∈ bucket_h(i)} (g_i·v_j)·k̂_j and likewise for k̂,
-estimated from the same collisions as the forward pass; then through the input normalisations.
+estimated from the same collisions as the forward pass; then through the input normalisations. With
+`backward_hashes` b < m that estimate uses only the collisions of the first b hashes, scaled by 1/b instead of
+1/m: the hashes are independent and identically distributed, so this is an unbiased estimate of the same
+gradient (of the m-hash LSH rule, ∇V included) with about m/b times its variance, at about b/m of its cost.
 `exact_backward` computes the exact gradient of E·V (YOSO-E) instead, O(n²) time in query blocks of linear
 memory. `normalize=False` skips the three normalisations (q and k are then taken as unit vectors): the bare
 estimate of E·V, which the tests compare with its closed form.
@@ -94,7 +97,8 @@ def _packed_codes(family: HashFamily, x: torch.Tensor, g0: int, pad: torch.Tenso
 class LSHAttention(torch.autograd.Function):
     """normalise(Σ_h Σ_j [h(q̂_i) = h(k̂_j)]·v_j / m) on (batch, heads, n, d) q, k, v.
 
-    apply(q, k, v, hash_code_len, num_hash, generator, exact_backward, hashing, real, normalize):
+    apply(q, k, v, hash_code_len, num_hash, generator, exact_backward, hashing, real, normalize,
+          backward_hashes): `backward_hashes` (None: all m) is how many of the hashes the LSH backward uses.
     `real` (batch, n) bool or None marks real tokens; padding rows are zeroed (masked, so even NaN there
     cannot leak), get the void code (they collide with nothing), and have zero output and gradients.
     Work items are packs of batch×heads (`packs_of`) run on the worker threads of `group_pool`.
@@ -102,8 +106,10 @@ class LSHAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, hash_code_len: int, num_hash: int, generator, exact_backward: bool,
-                hashing: str = "simhash", real: torch.Tensor | None = None, normalize: bool = True):
+                hashing: str = "simhash", real: torch.Tensor | None = None, normalize: bool = True,
+                backward_hashes: int | None = None):
         b, h, n, d = q.shape
+        used = num_hash if backward_hashes is None else backward_hashes  # hashes the LSH backward reads
         groups, dv = b * h, v.shape[-1]
         qf, kf, vf = (t.reshape(groups, n, t.shape[-1]) for t in (q, k, v))
         family = HashFamily(hashing, groups, d, num_hash, hash_code_len, generator, q.dtype, q.device)
@@ -149,20 +155,23 @@ class LSHAttention(torch.autograd.Function):
                 y, norms[2, rows] = _normalized(y)
             out[rows] = y
             if keep_pairs:
-                kept[i][:3] = [torch.from_numpy(a.astype(np.int32, copy=False)) for a in
-                               (collisions.counts, collisions.firsts, collisions.order)]
-                if collisions.cols is not None:  # the enumerated pairs, when few enough to keep
+                # Only the hashes the backward reads: the first `used` columns, and their keys (the order is
+                # hash-major). The enumerated pairs mix all hashes: kept only when the backward reads them all.
+                counts, firsts = collisions.counts[:, :used], collisions.firsts[:, :used]
+                order = collisions.order[: used * collisions.keys]
+                kept[i][:3] = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.int32)) for a in (counts, firsts, order)]
+                if collisions.cols is not None and used == num_hash:
                     kept[i][3] = torch.from_numpy(collisions.cols)
 
         map_groups(run, len(packs))
         ctx.save_for_backward(q_unit, k_unit, values, out, norms, real, *(t for item in kept for t in item))
-        ctx.config = (h, hash_code_len, num_hash, exact_backward, normalize, packs)
+        ctx.config = (h, hash_code_len, used, exact_backward, normalize, packs)
         return out.view(b, h, n, dv)
 
     @staticmethod
     def backward(ctx, grad):
         q_unit, k_unit, values, out, norms, real, *flat = ctx.saved_tensors
-        h, tau, num_hash, exact, normalize, packs = ctx.config
+        h, tau, num_hash, exact, normalize, packs = ctx.config  # num_hash: the hashes this backward reads
         groups, n, _ = q_unit.shape
         grad = grad.reshape(groups, n, -1)
         gq, gk, gv = torch.empty_like(q_unit), torch.empty_like(k_unit), torch.empty_like(values)
@@ -197,4 +206,4 @@ class LSHAttention(torch.autograd.Function):
         map_groups(run, len(packs))
         b = groups // h
         shape = lambda t: t.view(b, h, n, t.shape[-1])  # noqa: E731
-        return shape(gq), shape(gk), shape(gv), None, None, None, None, None, None, None
+        return shape(gq), shape(gk), shape(gv), None, None, None, None, None, None, None, None
