@@ -23,6 +23,9 @@ Deliberate settings (all recorded in the JSON):
 
     python bench/lra_listops.py [--steps 1000] [--chunk 50] [--threads 2] [--mechanisms dense yoso ...]
 
+`--mechanisms` also takes the rows of `VARIANTS` (e.g. `yoso_bwd8`: yoso whose LSH backward reads 8 of its 32
+hashes).
+
 Not part of `run_all.py`: the full table takes ~25 minutes (YOSO's steps are ~80% of it), and a reduced
 run would not show learning. The recorded table ran with `--threads 1`: the machine was shared with other
 jobs, and there two intra-op threads made a step ~7x slower (thread spin-waits), one thread did not.
@@ -59,12 +62,31 @@ PARAMS: dict[str, dict[str, Any] | None] = {
     "dam_s": {"max_length": 2000},
 }
 DAM_LAMBDA = 1e-4
+# Rows that run a registered mechanism with parameters added to the task preset's: label → (mechanism, extra).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"yoso_bwd8": ("yoso", {"backward_hashes": 8})}
 
 
-def _settings(mechanism: str, args: argparse.Namespace, out: Path) -> LRASettings:
+def attention_of(label: str, params: dict[str, dict[str, Any] | None]) -> tuple[str, dict[str, Any] | None]:
+    """(registered mechanism, attention_params) of a table row: a variant's extra parameters on top of the
+    ListOps preset's for its mechanism; otherwise `params[label]` (None: the preset's)."""
+    if label in VARIANTS:
+        mechanism, extra = VARIANTS[label]
+        return mechanism, {**get_task("listops").attention_defaults.get(mechanism, {}), **extra}
+    return label, params.get(label)
+
+
+def runnable(labels: list[str]) -> tuple[list[str], list[str]]:
+    """The labels whose mechanism is registered in this tree, and the others."""
+    known = available_attention()
+    ok = [m for m in labels if attention_of(m, {})[0] in known]
+    return ok, [m for m in labels if m not in ok]
+
+
+def _settings(label: str, args: argparse.Namespace, out: Path) -> LRASettings:
+    mechanism, params = attention_of(label, PARAMS)
     return LRASettings(
-        task="listops", data=str(args.data), output_dir=str(out / mechanism), attention=mechanism,
-        attention_params=PARAMS.get(mechanism), model_overrides={"attention_probs_dropout_prob": 0.0},
+        task="listops", data=str(args.data), output_dir=str(out / label), attention=mechanism,
+        attention_params=params, model_overrides={"attention_probs_dropout_prob": 0.0},
         max_steps=args.steps, lr=args.lr, eval_interval=args.eval_interval, dev_size=args.dev_size,
         test_size=args.test_size, split_seed=0, seed=args.seed,
         dam_lambda=DAM_LAMBDA if mechanism.startswith("dam") else 0.0, progress=False)
@@ -150,8 +172,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     task = get_task("listops")
     splits = load_splits(task, args.data, dev_size=args.dev_size, test_size=args.test_size, split_seed=0)
-    mechanisms = [m for m in args.mechanisms if m in available_attention()]
-    missing = [m for m in args.mechanisms if m not in mechanisms]
+    mechanisms, missing = runnable(args.mechanisms)
     out = Path(tempfile.mkdtemp(prefix="lra_listops_"))
     start = time.perf_counter()
     try:

@@ -54,19 +54,15 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `bort` import
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
-from bench.lra_listops import portable, round_ratio, train_interleaved  # noqa: E402
+from bench.lra_listops import attention_of, portable, round_ratio, runnable, train_interleaved  # noqa: E402
 from bort.atomic import atomic_write_text  # noqa: E402
-from bort.attention import available_attention  # noqa: E402
 from bort.lra import batching, listops_gen  # noqa: E402
 from bort.lra.data import load_splits  # noqa: E402
 from bort.lra.runner import LRASettings, LRATrainer  # noqa: E402
 from bort.lra.tasks import get_task  # noqa: E402
 
 NAME = "lra_listops_long"
-MECHANISMS = ("dense", "yoso", "yoso_bwd8", "yoso_e", "bigbird", "longformer", "dam_s")
-# Rows that run a registered mechanism with extra parameters on top of the task preset's: label → (mechanism,
-# parameters).
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"yoso_bwd8": ("yoso", {"backward_hashes": 8})}
+MECHANISMS = ("dense", "yoso", "yoso_bwd8", "yoso_e", "bigbird", "longformer", "dam_s")  # yoso_bwd8: VARIANTS
 PARAMS: dict[str, dict[str, Any] | None] = {
     "dense": None, "yoso": None, "yoso_e": None,  # None: the task preset's (hash_code_len 11, 32 hashes)
     "bigbird": {"block": 40, "window": 1, "num_global": 2, "num_random": 3, "impl": "auto"},
@@ -79,10 +75,7 @@ QUICK = {"steps": 6, "chunk": 2, "eval_interval": 3, "train_rows": 64, "eval_row
 
 
 def _settings(label: str, args: argparse.Namespace, data: Path, out: Path) -> LRASettings:
-    mechanism, params = label, PARAMS.get(label)
-    if label in VARIANTS:
-        mechanism, extra = VARIANTS[label]
-        params = {**get_task("listops").attention_defaults.get(mechanism, {}), **extra}
+    mechanism, params = attention_of(label, PARAMS)
     return LRASettings(
         task="listops", data=str(data), output_dir=str(out / label), attention=mechanism,
         attention_params=params, model_overrides={"attention_probs_dropout_prob": 0.0},
@@ -172,8 +165,7 @@ def _load_rounds(path: Path, trainers: dict[str, LRATrainer]) -> dict[str, dict[
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    mechanisms = [m for m in args.mechanisms if VARIANTS.get(m, (m,))[0] in available_attention()]
-    missing = [m for m in args.mechanisms if m not in mechanisms]
+    mechanisms, missing = runnable(args.mechanisms)
     keep = args.work_dir is not None
     work = args.work_dir.resolve() if keep else Path(tempfile.mkdtemp(prefix="lra_listops_long_"))
     start = time.perf_counter()
