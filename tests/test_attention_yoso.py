@@ -441,3 +441,37 @@ def test_backward_hashes_all_equals_the_default_and_fewer_change_only_the_gradie
     torch.testing.assert_close(fewer[0], default[0], rtol=0, atol=0)  # same forward
     assert all(not torch.equal(a, b) for a, b in zip(fewer[1:], default[1:]))
     assert min(_cosine(a, b) for a, b in zip(fewer[1:], default[1:])) > 0.5  # the same gradient, noisier
+
+
+def test_yoso_e_equals_plain_autograd_with_padding_in_blocks(monkeypatch):
+    # The CPU path (blocked, per batch×head, E recomputed in the backward) against autograd through the plain
+    # formula over whole tensors (the path other devices take): outputs and q, k, v gradients, padding
+    # included, with query blocks forced small so that several blocks and items are exercised.
+    from bort.attention import yoso_lsh
+    from bort.attention.yoso import yoso_e_autograd
+
+    monkeypatch.setattr(yoso_lsh, "_EXACT_BLOCK", 64)
+    q, k, v = _qkv(b=2, h=3, n=37, d=7, grad=True, seed=6)
+    mask = _mask()
+    g = torch.randn_like(q)
+    got = yoso_e(q, k, v, mask, hash_code_len=7)
+    want = yoso_e_autograd(q, k, v, mask, hash_code_len=7)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, (q, k, v), g), torch.autograd.grad(want, (q, k, v), g)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    assert torch.all(got[~mask[:, None, :, None].expand_as(got)] == 0)
+
+
+@pytest.mark.parametrize("tau", [1, 2, 11, 12])
+def test_collision_prob_and_its_derivative_in_closed_form(tau):
+    from bort.attention.collision_prob import collision_prob, collision_prob_and_grad
+
+    x = torch.linspace(-1, 1, 1001, dtype=torch.float64)
+    base = 1 - torch.acos(x) / math.pi
+    torch.testing.assert_close(collision_prob(x, tau), base ** tau, rtol=1e-12, atol=1e-15)
+    prob, slope = collision_prob_and_grad(x, tau)
+    torch.testing.assert_close(prob, base ** tau, rtol=1e-12, atol=1e-15)
+    inner = x[1:-1]  # d/dx arccos = −1/√(1 − x²): infinite at ±1, where the clamped value is used
+    want = tau * (1 - torch.acos(inner) / math.pi) ** (tau - 1) / (math.pi * torch.sqrt(1 - inner ** 2))
+    torch.testing.assert_close(slope[1:-1], want, rtol=1e-10, atol=1e-12)
+    assert torch.isfinite(slope).all()

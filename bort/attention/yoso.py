@@ -34,7 +34,7 @@ from .hashing import HASHING_METHODS, pack_bits
 from .registry import register_attention
 from .yoso_lsh import LSHAttention
 
-__all__ = ["yoso_e", "yoso", "hash_codes", "YosoAttention", "YosoEAttention"]
+__all__ = ["yoso_e", "yoso_e_autograd", "yoso", "hash_codes", "YosoAttention", "YosoEAttention"]
 
 _MAX_HASH_CODE_LEN = 24
 
@@ -84,11 +84,25 @@ def expectation_weights(q: torch.Tensor, k: torch.Tensor, key_padding_mask: torc
 
 def yoso_e(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
            hash_code_len: int = 8) -> torch.Tensor:
-    """YOSO-E: normalise(E·V) with E the SimHash collision probability; exact gradients through autograd.
+    """YOSO-E: normalise(E·V) with E the SimHash collision probability, and its exact gradients.
 
     q, k, v: (batch, heads, n, head_dim); key_padding_mask: (batch, n), True/1 = real token.
-    Returns (batch, heads, n, head_dim). O(n²) time and memory.
+    Returns (batch, heads, n, head_dim). O(n²) time. On the CPU the work runs per batch×head on the worker
+    threads (`yoso_lsh.LSHAttention` in expectation mode) in blocks of query rows, and the backward recomputes
+    E instead of keeping it: memory linear in n. Elsewhere it is plain autograd (`yoso_e_autograd`).
     """
+    _check(q, k, v, key_padding_mask, hash_code_len)
+    if q.device.type != "cpu":
+        return yoso_e_autograd(q, k, v, key_padding_mask, hash_code_len)
+    real = None if key_padding_mask is None else key_padding_mask.bool()
+    return LSHAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), hash_code_len, 1, None, True,
+                              "simhash", real, True, None, True)
+
+
+def yoso_e_autograd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    key_padding_mask: torch.Tensor | None = None, hash_code_len: int = 8) -> torch.Tensor:
+    """YOSO-E as autograd ops over whole (batch, heads, n, n) tensors: any device, O(n²) memory (the path
+    for GPUs; on the CPU the tests' reference for `yoso_e`)."""
     _check(q, k, v, key_padding_mask, hash_code_len)
     qn, kn, v = _prepare(q, k, v, key_padding_mask)
     e = CollisionProb.apply(qn @ kn.transpose(-1, -2), hash_code_len)

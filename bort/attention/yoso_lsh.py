@@ -22,12 +22,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .collision_prob import collision_prob, collision_prob_grad
+from .collision_prob import collision_prob, collision_prob_and_grad
 from .group_pool import map_groups
 from .hashing import HashFamily
 from .lsh_buckets import Collisions, build_buckets, collision_sums, gradient_sums
 
-__all__ = ["LSHAttention", "exact_grads", "normalize_backward", "packs_of"]
+__all__ = ["LSHAttention", "exact_forward", "exact_grads", "normalize_backward", "packs_of"]
 
 # F.normalize's epsilon: rows with a smaller norm are divided by it instead.
 _NORM_EPS = 1e-12
@@ -45,6 +45,18 @@ def normalize_backward(unit: torch.Tensor, norm: torch.Tensor, grad: torch.Tenso
     return (grad - unit * dot).div_(norm.clamp_min(_NORM_EPS))
 
 
+def exact_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hash_code_len: int) -> torch.Tensor:
+    """E·V for one batch×head's (n, d) tensors, E the collision probability of unit q, k (YOSO-E): O(n²) time,
+    in blocks of query rows so that memory stays linear in n."""
+    n = q.shape[0]
+    rows = max(1, _EXACT_BLOCK // max(1, k.shape[0]))
+    out = v.new_empty(n, v.shape[1])
+    for i0 in range(0, n, rows):
+        sl = slice(i0, i0 + rows)
+        torch.mm(collision_prob((q[sl] @ k.t()).clamp_(-1.0, 1.0), hash_code_len), v, out=out[sl])
+    return out
+
+
 def exact_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, hash_code_len: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact gradients of E·V for one batch×head (n, d) tensors, E the collision probability of unit q, k:
@@ -54,11 +66,11 @@ def exact_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.T
     gq, gk, gv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
     for i0 in range(0, n, rows):
         sl = slice(i0, i0 + rows)
-        x = (q[sl] @ k.t()).clamp_(-1.0, 1.0)
-        a = (grad[sl] @ v.t()).mul_(collision_prob_grad(x, hash_code_len))
+        prob, slope = collision_prob_and_grad((q[sl] @ k.t()).clamp_(-1.0, 1.0), hash_code_len)
+        a = (grad[sl] @ v.t()).mul_(slope)
         gq[sl] = a @ k
         gk.addmm_(a.t(), q[sl])
-        gv.addmm_(collision_prob(x, hash_code_len).t(), grad[sl])
+        gv.addmm_(prob.t(), grad[sl])
     return gq, gk, gv
 
 
@@ -98,7 +110,9 @@ class LSHAttention(torch.autograd.Function):
     """normalise(Σ_h Σ_j [h(q̂_i) = h(k̂_j)]·v_j / m) on (batch, heads, n, d) q, k, v.
 
     apply(q, k, v, hash_code_len, num_hash, generator, exact_backward, hashing, real, normalize,
-          backward_hashes): `backward_hashes` (None: all m) is how many of the hashes the LSH backward uses.
+          backward_hashes, expectation): `backward_hashes` (None: all m) is how many of the hashes the LSH
+    backward uses; `expectation` computes YOSO-E instead, E·V with E itself (`exact_forward`, no hashing) and
+    the exact backward, with the same normalisations, padding and workers.
     `real` (batch, n) bool or None marks real tokens; padding rows are zeroed (masked, so even NaN there
     cannot leak), get the void code (they collide with nothing), and have zero output and gradients.
     Work items are packs of batch×heads (`packs_of`) run on the worker threads of `group_pool`.
@@ -107,12 +121,14 @@ class LSHAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, hash_code_len: int, num_hash: int, generator, exact_backward: bool,
                 hashing: str = "simhash", real: torch.Tensor | None = None, normalize: bool = True,
-                backward_hashes: int | None = None):
+                backward_hashes: int | None = None, expectation: bool = False):
         b, h, n, d = q.shape
+        exact_backward = exact_backward or expectation
         used = num_hash if backward_hashes is None else backward_hashes  # hashes the LSH backward reads
         groups, dv = b * h, v.shape[-1]
         qf, kf, vf = (t.reshape(groups, n, t.shape[-1]) for t in (q, k, v))
-        family = HashFamily(hashing, groups, d, num_hash, hash_code_len, generator, q.dtype, q.device)
+        family = None if expectation else HashFamily(hashing, groups, d, num_hash, hash_code_len, generator,
+                                                     q.dtype, q.device)
         q_unit, k_unit = torch.empty_like(qf), torch.empty_like(kf)
         values = vf if real is None else torch.empty_like(vf)  # v with padding rows zeroed, for the backward
         out = torch.empty_like(vf)
@@ -145,6 +161,14 @@ class LSHAttention(torch.autograd.Function):
             q_unit[rows], k_unit[rows] = qg, kg
             if real is not None:
                 values[rows] = vg
+            if expectation:
+                y = torch.stack([exact_forward(qg[j], kg[j], vg[j], hash_code_len) for j in range(P)])
+                if pad is not None:  # a zero query still has E = 2^−τ with every key: its row is padding
+                    y.masked_fill_(pad.view(P, n, 1), 0.0)
+                if normalize:
+                    y, norms[2, rows] = _normalized(y)
+                out[rows] = y
+                return
             qc, void = _packed_codes(family, qg, g0, pad, hash_code_len)
             kc, _ = _packed_codes(family, kg, g0, pad, hash_code_len)
             buckets = build_buckets(qc, kc, hash_code_len, void)
@@ -206,4 +230,4 @@ class LSHAttention(torch.autograd.Function):
         map_groups(run, len(packs))
         b = groups // h
         shape = lambda t: t.view(b, h, n, t.shape[-1])  # noqa: E731
-        return shape(gq), shape(gk), shape(gv), None, None, None, None, None, None, None, None
+        return shape(gq), shape(gk), shape(gv), None, None, None, None, None, None, None, None, None
