@@ -18,6 +18,16 @@ from bort.attention.yoso_lsh import LSHAttention
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")
 
 
+@pytest.fixture(params=["buckets", "dense_counts"])
+def lsh_path(request, monkeypatch):
+    """Run a test through the bucket bookkeeping (any length) and through the dense counts of short
+    sequences: the threshold is moved so that the test's sizes take the path named."""
+    from bort.attention import yoso_lsh
+
+    monkeypatch.setattr(yoso_lsh, "_DENSE_MAX_TOKENS", 0 if request.param == "buckets" else 10**6)
+    return request.param
+
+
 def _qkv(b=2, h=3, n=37, d=7, dtype=torch.float64, seed=0, grad=False):
     # Odd n and head_dim on purpose: nothing may require divisibility.
     gen = torch.Generator().manual_seed(seed)
@@ -139,7 +149,7 @@ def test_lsh_backward_estimates_the_half_tau_rule():
 
 
 @pytest.mark.parametrize("sampled", [False, True])
-def test_padded_keys_do_not_leak(sampled):
+def test_padded_keys_do_not_leak(sampled, lsh_path):
     q, k, v = _qkv(dtype=torch.float32)
     mask = _mask()
     run = (lambda a, b, c: yoso(a, b, c, mask, hash_code_len=5, num_hash=16,
@@ -244,7 +254,7 @@ def test_collision_sums_equal_the_dense_reference(monkeypatch, path, padded):
 
 
 @pytest.mark.parametrize("backward_hashes", [None, 3])
-def test_lsh_core_and_gradients_equal_the_dense_collision_reference(backward_hashes):
+def test_lsh_core_and_gradients_equal_the_dense_collision_reference(backward_hashes, lsh_path):
     """The whole sampled function (no normalisation) against E_sampled = collision counts / m built from the
     same hyperplanes: output, ∇V, and the τ/2-rule ∇Q, ∇K, with padding, for both hashing methods. With
     `backward_hashes` b the gradients are those of the first b hashes' counts / b (the output still uses all m)."""
@@ -280,7 +290,7 @@ def test_lsh_core_and_gradients_equal_the_dense_collision_reference(backward_has
                 assert torch.all(x[~r] == 0)
 
 
-def test_results_do_not_depend_on_worker_threads_or_blocks(monkeypatch):
+def test_results_do_not_depend_on_worker_threads_or_blocks(monkeypatch, lsh_path):
     """One worker or several, batch×heads packed into one work item or one per item, whole or in tiny blocks
     (pairs, exact-backward rows): the same numbers."""
     from bort.attention import group_pool, lsh_buckets, yoso_lsh
@@ -425,7 +435,7 @@ def test_map_groups_runs_in_the_callers_grad_mode():
         assert all(map_groups(lambda g: torch.is_inference_mode_enabled(), 4, workers=2))
 
 
-def test_backward_hashes_all_equals_the_default_and_fewer_change_only_the_gradients():
+def test_backward_hashes_all_equals_the_default_and_fewer_change_only_the_gradients(lsh_path):
     q, k, v = _qkv(dtype=torch.float32, grad=True)
     mask = _mask()
     g = torch.randn_like(q)
@@ -475,3 +485,25 @@ def test_collision_prob_and_its_derivative_in_closed_form(tau):
     want = tau * (1 - torch.acos(inner) / math.pi) ** (tau - 1) / (math.pi * torch.sqrt(1 - inner ** 2))
     torch.testing.assert_close(slope[1:-1], want, rtol=1e-10, atol=1e-12)
     assert torch.isfinite(slope).all()
+
+
+@pytest.mark.parametrize("backward_hashes", [None, 2])
+def test_dense_counts_of_short_sequences_equal_the_bucket_path(monkeypatch, backward_hashes):
+    # The same hash functions through both paths: outputs and q, k, v gradients agree to rounding, with
+    # padding; the default threshold sends these 30-token rows to the dense counts.
+    from bort.attention import yoso_lsh
+
+    q, k, v = _qkv(n=30, grad=True, seed=8)
+    mask = _mask(n=30, lengths=(30, 19))
+    g = torch.randn_like(q)
+
+    def run():
+        out = yoso(q, k, v, mask, hash_code_len=4, num_hash=6, generator=torch.Generator().manual_seed(2),
+                   backward_hashes=backward_hashes)
+        return (out, *torch.autograd.grad(out, (q, k, v), g))
+
+    assert q.shape[2] <= yoso_lsh._DENSE_MAX_TOKENS
+    dense = run()
+    monkeypatch.setattr(yoso_lsh, "_DENSE_MAX_TOKENS", 0)
+    for a, b in zip(dense, run()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
