@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .jsonfile import read_json
+
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh", "silu")
 EMBEDDING_STYLES = ("bert", "gluon")
 LAYER_NORM_POSITIONS = ("post", "pre")
@@ -158,17 +160,7 @@ class BortConfig:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BortConfig":
         """Read a JSON file written by `save` (errors name the file and the JSON position)."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON at line {err.lineno} column {err.colno} "
-                              f"(byte {err.pos}): {err.msg}") from None
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(read_json(path, ConfigError, "config file"), source=str(path))
 
     @classmethod
     def resolve(cls, spec: "BortConfig | str | os.PathLike | dict[str, Any]") -> "BortConfig":

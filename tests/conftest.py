@@ -50,3 +50,19 @@ def save_tiny_mlm_teacher(directory: Path) -> Path:
                             num_hidden_layers=3, max_position_embeddings=64)
     save_pretrained(BortForMaskedLM(cfg), directory)
     return directory
+
+
+def make_minilm_shards(out: Path) -> Path:
+    """Pretraining shards under `out/train` from the repository's real sample text with the real MiniLM
+    WordPiece vocabulary (sequences of 48, 8 predictions, dupe factor 4): the data of the distillation and
+    search runs. Returns `out`."""
+    from bort.data.instances import InstanceSettings
+    from bort.data.pretraining import create_pretraining_data
+    from bort.tokenization import load_tokenizer
+    from hf_helpers import REPO, minilm_dir
+
+    tokenizer = load_tokenizer(minilm_dir() / "vocab.txt")
+    create_pretraining_data(str(REPO / "test_data" / "sample_text.txt"), out / "train", tokenizer,
+                            InstanceSettings(max_seq_length=48, max_predictions_per_seq=8, dupe_factor=4),
+                            progress=False)
+    return out

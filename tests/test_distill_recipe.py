@@ -17,14 +17,11 @@ import torch
 from safetensors.torch import load_file
 
 from bort import BortConfig, BortForMaskedLM, save_pretrained
-from bort.data.instances import InstanceSettings
-from bort.data.pretraining import create_pretraining_data
 from bort.distill import recipe as recipe_module
 from bort.distill.recipe import DistillSettings, NonFiniteLossError, run_distillation
 from bort.train.metrics import read_jsonl
-from bort.tokenization import load_tokenizer
 
-from conftest import save_tiny_mlm_teacher
+from conftest import make_minilm_shards, save_tiny_mlm_teacher
 from hf_helpers import REPO, minilm_dir
 
 # No dropout: a curve can only be identical across world sizes if the noise is too.
@@ -36,12 +33,7 @@ STUDENT = json.dumps({"preset": "bort_4_8_768_1024", "hidden_size": 32, "num_att
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """Pretraining shards from the repository's real sample text with the real MiniLM WordPiece vocabulary."""
-    out = tmp_path_factory.mktemp("data")
-    tokenizer = load_tokenizer(minilm_dir() / "vocab.txt")
-    create_pretraining_data(str(REPO / "test_data" / "sample_text.txt"), out / "train", tokenizer,
-                            InstanceSettings(max_seq_length=48, max_predictions_per_seq=8, dupe_factor=4),
-                            progress=False)
-    return out
+    return make_minilm_shards(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")

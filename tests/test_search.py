@@ -14,18 +14,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bort import BortConfig, BortForMaskedLM
-from bort.data.instances import InstanceSettings
-from bort.data.pretraining import create_pretraining_data
 from bort.model import BortModel
 from bort.search import (Candidate, SearchSettings, SearchSpaceError, encoder_parameters, forward_flops, load_space,
                          mlm_parameters, parse_space, run_search, select, within_guarantee)
 from bort.search import runner as runner_module
 from bort.search.fptas import bucket_index, premise_violations
 from bort.search.params import effective_parameters
-from bort.tokenization import load_tokenizer
 
-from conftest import save_tiny_mlm_teacher
-from hf_helpers import REPO, minilm_dir
+from conftest import make_minilm_shards, save_tiny_mlm_teacher
+from hf_helpers import minilm_dir
 
 
 # --- exact objectives ---------------------------------------------------------------------------------------
@@ -165,12 +162,7 @@ def test_guarantee_is_tight_and_fails_when_the_premise_fails():
 # --- end to end on real data --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data")
-    tokenizer = load_tokenizer(minilm_dir() / "vocab.txt")
-    create_pretraining_data(str(REPO / "test_data" / "sample_text.txt"), out / "train", tokenizer,
-                            InstanceSettings(max_seq_length=48, max_predictions_per_seq=8, dupe_factor=4),
-                            progress=False)
-    return out
+    return make_minilm_shards(tmp_path_factory.mktemp("data"))
 
 
 def _space(tmp: Path, values: dict) -> Path:

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import BortConfig, ConfigError
 from ..atomic import atomic_path, atomic_write_text
+from ..jsonfile import read_json
 from .errors import CheckpointError
 
 FORMAT_KEY = "bort_format_version"
@@ -55,13 +56,7 @@ def save_native(model: nn.Module, directory: str | os.PathLike) -> Path:
 
 def read_json_config(path: Path) -> dict[str, Any]:
     """A config.json as a dict; malformed JSON names the file, line, column and byte."""
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise CheckpointError(f"{path}: not UTF-8 text at byte {err.start}") from None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON at line {err.lineno} column {err.colno} "
-                              f"(byte {err.pos}): {err.msg}") from None
+    values = read_json(path, CheckpointError, "checkpoint config")
     if not isinstance(values, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(values).__name__}")
     return values

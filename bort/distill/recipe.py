@@ -429,7 +429,11 @@ class DistillationRecipe:
 
 def run_distillation(settings: DistillSettings) -> dict[str, Any]:
     """Run a whole distillation (setup, train, cleanup) and return its summary."""
-    recipe = DistillationRecipe(settings)
+    return run_recipe(DistillationRecipe(settings))
+
+
+def run_recipe(recipe: DistillationRecipe) -> dict[str, Any]:
+    """Set `recipe` up, train it and return its summary; the process group is torn down even on failure."""
     try:
         recipe.setup()
         return recipe.train()

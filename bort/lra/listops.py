@@ -32,7 +32,7 @@ from ..data.tasks.base import BadRowSink, RowError, iter_rows
 from .rows import LabelledRows
 
 __all__ = ["SYMBOLS", "VOCAB", "PAD_ID", "NUM_CLASSES", "ListOpsRow", "ListOpsData", "tokenize", "encode",
-           "evaluate", "read_listops", "LAYOUTS"]
+           "evaluate", "apply_operator", "read_listops", "LAYOUTS"]
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 CLOSE = "]"
@@ -65,7 +65,8 @@ def encode(expression: str) -> list[int]:
 
 
 # --- the evaluator -----------------------------------------------------------------------------------------
-def _apply(operator: str, args: Sequence[int]) -> int:
+def apply_operator(operator: str, args: Sequence[int]) -> int:
+    """The value of ListOps operator `operator` ([MIN, [MAX, [MED or [SM) over its argument values."""
     if operator == "[MIN":
         return min(args)
     if operator == "[MAX":
@@ -96,7 +97,7 @@ def evaluate(expression: str | Iterable[str]) -> int:
             operator, args = stack.pop()
             if not args:
                 raise ValueError(f"{operator} closed at symbol {position} has no arguments")
-            (stack[-1][1] if stack else top).append(_apply(operator, args))
+            (stack[-1][1] if stack else top).append(apply_operator(operator, args))
         elif symbol in DIGITS:
             (stack[-1][1] if stack else top).append(int(symbol))
         else:

@@ -14,15 +14,12 @@ chain of k arguments adds k pair levels, so recursion could exceed Python's limi
 """
 from __future__ import annotations
 
-import statistics
 from typing import Sequence, Union
+
+from .listops import CLOSE, DIGITS, OPERATORS, apply_operator
 
 __all__ = ["Tree", "OPERATORS", "DIGITS", "CLOSE", "operator_node", "serialize", "parse", "evaluate_tree",
            "length", "depth", "arguments"]
-
-OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
-DIGITS = tuple(str(d) for d in range(10))
-CLOSE = "]"
 
 # A leaf is a symbol string; an inner node is a pair. (The alias is recursive only in meaning.)
 Tree = Union[str, tuple]
@@ -106,17 +103,6 @@ def arguments(node: tuple) -> tuple[str, list[Tree]]:
     return chain, args
 
 
-def _apply(operator: str, values: list[int]) -> int:
-    if operator == "[MIN":
-        return min(values)
-    if operator == "[MAX":
-        return max(values)
-    if operator == "[MED":
-        # LRA: int(numpy.median(args)): the mean of the two middle values, truncated, for an even count
-        return int(statistics.median(values))
-    return sum(values) % 10  # [SM
-
-
 def evaluate_tree(tree: Tree) -> int:
     """The value (0-9) of `tree`, computed on the tree itself (post-order, explicit stack)."""
     # Frames: [operator, pending argument trees (reversed), values so far]; a finished frame's value goes
@@ -143,7 +129,7 @@ def evaluate_tree(tree: Tree) -> int:
                 frames.append((op, sub[::-1], []))
             continue
         frames.pop()
-        (frames[-1][2] if frames else result).append(_apply(operator, values))
+        (frames[-1][2] if frames else result).append(apply_operator(operator, values))
     return result[0]
 
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..config import BortConfig, ConfigError
+from ..jsonfile import read_json
 
 AXES = ("layers", "heads", "hidden", "intermediate")
 # axis → the BortConfig field it sets
@@ -196,13 +195,5 @@ def _check_options(options: dict[str, Any], source: str) -> None:
 
 def load_space(path: str | os.PathLike, teacher_config: BortConfig | None = None) -> SearchSpace:
     """Read a space JSON file (errors name the file, and the field or the JSON position)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SearchSpaceError(f"{path}: search space file not found") from None
-    try:
-        values = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SearchSpaceError(f"{path}: not valid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    values = read_json(path, SearchSpaceError, "search space file")
     return parse_space(values, source=str(path), teacher_config=teacher_config)
