@@ -485,6 +485,8 @@ def test_collision_prob_and_its_derivative_in_closed_form(tau):
     want = tau * (1 - torch.acos(inner) / math.pi) ** (tau - 1) / (math.pi * torch.sqrt(1 - inner ** 2))
     torch.testing.assert_close(slope[1:-1], want, rtol=1e-10, atol=1e-12)
     assert torch.isfinite(slope).all()
+    with pytest.raises(ValueError, match="exponent"):
+        collision_prob(x, -1)
 
 
 @pytest.mark.parametrize("backward_hashes", [None, 2])

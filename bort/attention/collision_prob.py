@@ -20,6 +20,8 @@ def _base(x: torch.Tensor) -> torch.Tensor:
 def _power(base: torch.Tensor, n: int) -> torch.Tensor:
     """base^n for an integer n ≥ 0, a new tensor, by repeated squaring in place (five products for n = 11):
     measured 1.5× faster than `Tensor.pow(n)` on a CPU (n = 11, 2^20 floats: 2.95 vs 4.50 ms)."""
+    if n < 0:
+        raise ValueError(f"the exponent must be an integer >= 0, got {n}")
     if n == 0:
         return torch.ones_like(base)
     out = base.clone()

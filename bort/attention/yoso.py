@@ -95,6 +95,8 @@ def yoso_e(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: 
     if q.device.type != "cpu":
         return yoso_e_autograd(q, k, v, key_padding_mask, hash_code_len)
     real = None if key_padding_mask is None else key_padding_mask.bool()
+    # apply() takes no keywords: num_hash 1 and generator None (no hashing happens), exact_backward, "simhash"
+    # (unused), real, normalize, backward_hashes None, expectation.
     return LSHAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), hash_code_len, 1, None, True,
                               "simhash", real, True, None, True)
 
