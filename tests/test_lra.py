@@ -15,7 +15,7 @@ from bort.config import BortConfig, ConfigError
 from bort.data.tasks.base import TaskDataError
 from bort.lra import batching, listops
 from bort.lra.data import load_listops
-from bort.lra.model import LRAClassifier, load_lra_model, lra_config
+from bort.lra.model import LRAClassifier, LRADualClassifier, load_lra_model, lra_config
 from bort.lra.runner import LRASettings, LRATrainer, evaluate_split, pad_multiple_for, run_lra
 from bort.lra.tasks import TASKS, get_task
 from bort.model import BortModel
@@ -119,6 +119,24 @@ def test_lra_classifier_equals_reference_forward() -> None:
     head = model.classifier
     torch.testing.assert_close(logits, head.out_proj(F.relu(head.dense(pooled))), atol=1e-5, rtol=1e-5)
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads) == (2, 64, 128, 2)
+
+
+def test_lra_initialisation_is_the_reference_codes_not_berts() -> None:
+    """Embeddings N(0, 0.02); every Linear (encoder and head) PyTorch's default U(±1/√fan_in), std 1/√(3·fan_in);
+    BERT's N(0, 0.02) everywhere would keep attention uniform for hundreds of steps at LRA lengths."""
+    torch.manual_seed(0)
+    for model in (LRAClassifier(lra_config(get_task("listops"), len(listops.VOCAB))),
+                  LRADualClassifier(lra_config(get_task("retrieval"), 260))):
+        emb = model.embeddings
+        for table in (emb.word_embeddings.weight, emb.position_embeddings.weight):
+            assert 0.017 < float(table.std()) < 0.023
+        linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        assert any(n.startswith("classifier.") for n, _ in linears) and len(linears) >= 14
+        for name, linear in linears:
+            bound = 1 / math.sqrt(linear.in_features)
+            assert float(linear.weight.abs().max()) <= bound, name
+            assert 0.9 * bound / math.sqrt(3) < float(linear.weight.std()) < 1.1 * bound / math.sqrt(3), name
+            assert float(linear.bias.abs().max()) <= bound and float(linear.bias.abs().max()) > 0, name
 
 
 # --- ListOps reader and evaluator --------------------------------------------------------------------------
