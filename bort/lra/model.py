@@ -12,9 +12,10 @@ reference implementations, on purpose:
 Initialisation follows the reference code, not BERT (`LRAClassifier.init_weights`): embeddings N(0, 0.02),
 every Linear PyTorch's default (uniform ±1/√fan_in, ~3.6× BERT's 0.02 at width 64). It matters at LRA's
 lengths: with BERT's 0.02 the attention logits start ~13× smaller, attention stays uniform and the model sits
-at the majority class far longer. Measured with lr 1e-3 on generated ListOps (`bench/lra_listops_long.py`): at
-500-2000 symbols dense left the plateau at step ~1000 (BERT's init: still there at 1300); on 501-symbol windows
-at step 500 (BERT's: still there at 800); on real ListOps (1000 steps) test accuracy rose from 35.1% to 40.2%.
+at the majority class far longer. Measured with peak lr 1e-3, dense: on generated 500-2000-symbol ListOps
+(`bench/lra_listops_long.py`) it left the plateau at step ~1000 (BERT's init: still there at 1300); trained on
+the first 501 symbols of the same rows (warmup 100), at step 500 (BERT's: still there at 800); on real ListOps
+(`bench/lra_listops.py`, 1000 steps) its test accuracy rose from 35.1% to 40.2%.
 
 Retrieval, a pair task, uses `LRADualClassifier`: the same encoder embeds both documents, and a head over
 [u, v, u∗v, u−v] classifies the pair.
