@@ -208,14 +208,18 @@ class BortPreTrainedModel(nn.Module):
         std = self.config.initializer_range
         for module in (m for root in (roots or (self,)) for m in root.modules()):
             if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+                self.init_linear(module)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=std)
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+
+    def init_linear(self, module: nn.Linear) -> None:
+        """BERT's Linear initialisation: N(0, initializer_range) weights, zero bias (a subclass may differ)."""
+        nn.init.normal_(module.weight, std=self.config.initializer_range)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     @property
     def device(self) -> torch.device:

@@ -9,7 +9,7 @@ reference implementations, on purpose:
   length-bucketed batches it must not);
 - no dropout between the two FFN projections (BERT's layer, which our encoder is).
 
-Initialisation follows the reference code, not BERT (`LRAClassifier.init_weights`): embeddings N(0, 0.02),
+Initialisation follows the reference code, not BERT (`LRAClassifier.init_linear`): embeddings N(0, 0.02),
 every Linear PyTorch's default (uniform ±1/√fan_in, ~3.6× BERT's 0.02 at width 64). It matters at LRA's
 lengths: with BERT's 0.02 the attention logits start ~13× smaller, attention stays uniform and the model sits
 at the majority class far longer. Measured with peak lr 1e-3, dense: on generated 500-2000-symbol ListOps
@@ -119,18 +119,9 @@ class LRAClassifier(BortPreTrainedModel):
         self.classifier = LRAHead(config)
         self.init_weights()
 
-    def init_weights(self, *roots: nn.Module) -> None:
-        """The LRA reference initialisation of `roots` (default: the whole model): embeddings
-        N(0, initializer_range), Linear layers PyTorch's default, unit LayerNorms (see the module docstring)."""
-        std = self.config.initializer_range
-        for module in (m for root in (roots or (self,)) for m in root.modules()):
-            if isinstance(module, nn.Linear):
-                module.reset_parameters()
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=std)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+    def init_linear(self, module: nn.Linear) -> None:
+        """The LRA reference code's Linear initialisation, PyTorch's default U(±1/√fan_in) (module docstring)."""
+        module.reset_parameters()
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
