@@ -42,6 +42,15 @@ Settings (recorded in the JSON):
     python bench/lra_listops_long.py --quick            # a few minutes: 6 steps of batch 8, shows the speeds
     python bench/lra_listops_long.py [--steps 2000] [--train-rows 20000] [--chunk 50] [--threads 2]
     python bench/lra_listops_long.py --work-dir runs/listops_long   # resumable: run the same command again
+    python bench/lra_listops_long.py --mechanisms dense yoso yoso_bwd8 --out-dir runs/g1   # some mechanisms
+    python bench/lra_listops_long.py --merge runs/g1/lra_listops_long.json runs/g2/lra_listops_long.json
+
+All seven take about eight hours on 2 cores, longer than a working session, so the table can be built from
+runs of a few mechanisms each under the same plan, merged with `--merge` (which refuses runs under different
+plans, naming the differences, and a mechanism run twice). Nothing is lost by splitting: each trainer keeps its
+own RNG state, so a mechanism follows the same steps alone as beside the others. Times against dense stay
+within a run: a run without dense times an untrained dense model in its probe (dense attention's cost does not
+depend on its weights), and its per-round ratio is left out.
 
 Not part of `run_all.py` (the full table takes hours on 2 cores). With `--work-dir` the data, every mechanism's
 checkpoints (at each dev evaluation) and the per-round timings are kept there, and the same command resumes an
@@ -97,7 +106,10 @@ def _settings(label: str, args: argparse.Namespace, data: Path, out: Path) -> LR
 
 
 def _probe(trainers: dict[str, LRATrainer], args: argparse.Namespace) -> dict[str, Any]:
-    """Forward + backward of every mechanism's model on one batch of width `probe_length`, interleaved."""
+    """Forward + backward of every mechanism's model on one batch of width `probe_length`, interleaved.
+
+    `trainers` may hold an untrained dense model that only serves as the timing reference (a run of some
+    mechanisms without dense): dense attention's cost does not depend on its weights."""
     gen = torch.Generator().manual_seed(0)
     vocab = len(next(iter(trainers.values())).splits.vocab)
     rows = torch.randint(1, vocab, (args.probe_batch, args.probe_length), generator=gen)
@@ -194,7 +206,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         rounds = train_interleaved(
             trainers, args.chunk, start, _load_rounds(rounds_path, trainers),
             on_round=lambda r: atomic_write_text(rounds_path, json.dumps(r, sort_keys=True) + "\n") if keep else None)
-        probe = _probe(trainers, args) if args.probe_repeats > 0 else None
+        probed = dict(trainers)
+        if "dense" not in probed and args.probe_repeats > 0:
+            probed["dense"] = LRATrainer(_settings("dense", args, work / "data", work / "probe"), splits)
+        probe = _probe(probed, args) if args.probe_repeats > 0 else None
+        if probe is not None:
+            probe["reference"] = "dense, trained in this run" if "dense" in trainers else \
+                "dense, untrained (timing only: its cost does not depend on its weights)"
         rows, curves = [], {}
         summaries = {m: trainers[m].finish() for m in mechanisms}
         for m in mechanisms:
@@ -202,7 +220,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             rows.append({
                 "mechanism": m, "attention_params": summary["attention_params"], "steps": summary["steps"],
                 "best_step": summary["best_step"], "dev_accuracy": summary["dev_accuracy"],
-                "test_accuracy": summary["test_accuracy"], "majority_accuracy": summary["majority_accuracy"],
+                "test_accuracy": summary["test_accuracy"], "test_loss": summary["test_loss"],
+                "majority_accuracy": summary["majority_accuracy"],
                 "ms_per_step_median": summary["ms_per_step"], "ms_per_step_q1": summary["ms_per_step_q1"],
                 "ms_per_step_q3": summary["ms_per_step_q3"], "train_seconds": summary["train_seconds"],
                 "eval_seconds": summary["eval_seconds"], "time_vs_dense": round_ratio(rounds, m),
@@ -223,6 +242,74 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
 
 
+# Settings that may differ between runs merged into one table: each mechanism's own.
+_PER_MECHANISM = frozenset({"attention", "attention_params", "output_dir", "dam_lambda"})
+
+
+def _shared_plan(result: dict[str, Any]) -> dict[str, Any]:
+    """What must agree between runs merged into one table: data, sizes, round length and every setting but
+    the mechanism's own. (Each trainer keeps its own RNG state, so a mechanism trained in a run of its own
+    follows the same steps as in a run with the others.)"""
+    settings = next(iter(result["settings"].values()))
+    generation = {f"generation {k}": v for k, v in result["generation"].items() if not k.endswith("_seconds")}
+    return {**generation, "sizes": result["sizes"], "chunk": result["chunk"],
+            "threads": result["threads"], "quick": result["quick"],
+            **{f"setting {k}": v for k, v in settings.items() if k not in _PER_MECHANISM}}
+
+
+def merge(paths: list[Path]) -> dict[str, Any]:
+    """One table from the results of runs that trained different mechanisms under the same plan.
+
+    The full table takes longer than a working session on 2 cores, and only committed files outlive one, so
+    it is built from runs of a few mechanisms each. Ratios stay within a run: each row's time against dense
+    is against the dense of its own run (trained there, or untrained and timed in the probe only)."""
+    if not paths:
+        raise SystemExit("--merge needs at least one result JSON")
+    runs: list[tuple[Path, dict[str, Any]]] = []
+    for path in paths:
+        try:
+            result = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"{path}: not a readable {NAME} result ({exc})")
+        missing = [k for k in ("rows", "curves", "settings", "generation", "sizes", "chunk") if k not in result]
+        if missing:
+            raise SystemExit(f"{path}: not a {NAME} result (no {', '.join(missing)})")
+        if result.get("merged"):
+            raise SystemExit(f"{path}: already a merged table; merge the runs' own results")
+        runs.append((Path(path), result))
+    first_path, first = runs[0]
+    plan = _shared_plan(first)
+    owner: dict[str, Path] = {}
+    for path, result in runs:
+        other = _shared_plan(result)
+        changed = sorted(k for k in set(plan) | set(other) if plan.get(k) != other.get(k))
+        if changed:
+            raise SystemExit(f"{path} was run under a different plan from {first_path}: " + "; ".join(
+                f"{k} {plan.get(k)!r} → {other.get(k)!r}" for k in changed))
+        for row in result["rows"]:
+            if row["mechanism"] in owner:
+                raise SystemExit(f"{row['mechanism']} is in both {owner[row['mechanism']]} and {path}")
+            owner[row["mechanism"]] = path
+    order = {m: i for i, m in enumerate(MECHANISMS)}
+    rows = sorted(((i, row) for i, (_, result) in enumerate(runs) for row in result["rows"]),
+                  key=lambda item: (order.get(item[1]["mechanism"], len(order)), item[1]["mechanism"]))
+    probe = next((result["probe"] for _, result in runs if result.get("probe")), None)
+    return {
+        "merged": True, "rows": [{**row, "run": i + 1} for i, row in rows],
+        "curves": {row["mechanism"]: runs[i][1]["curves"][row["mechanism"]] for i, row in rows},
+        "probe": probe and {k: probe[k] for k in ("batch", "length", "repeats")},
+        "runs": [{"source": path.name, "mechanisms": [row["mechanism"] for row in result["rows"]],
+                  "wall_seconds": result.get("wall_seconds"), "probe": result.get("probe"),
+                  "round_seconds": result.get("round_seconds"), "resumed_at": result.get("resumed_at"),
+                  "machine": result.get("machine")} for path, result in runs],
+        "pending": [m for m in MECHANISMS if m not in owner],
+        "missing_mechanisms": sorted({m for _, result in runs for m in result.get("missing_mechanisms", [])}),
+        "generation": first["generation"], "sizes": first["sizes"], "train_length": first["train_length"],
+        "settings": {row["mechanism"]: runs[i][1]["settings"][row["mechanism"]] for i, row in rows},
+        "chunk": first["chunk"], "threads": first["threads"], "quick": first["quick"],
+        "wall_seconds": sum(result.get("wall_seconds") or 0.0 for _, result in runs)}
+
+
 def _ratio(ratio: dict[str, float] | None, mechanism: str) -> str:
     if ratio is None:
         return "1" if mechanism == "dense" else "—"
@@ -230,7 +317,7 @@ def _ratio(ratio: dict[str, float] | None, mechanism: str) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    probe = result["probe"]
+    probe, merged = result["probe"], result.get("merged", False)
     table = [{
         "mechanism": row["mechanism"],
         "test acc": f"{100 * row['test_accuracy']:.1f}%",
@@ -239,12 +326,14 @@ def markdown(result: dict[str, Any]) -> str:
         "ms/step median [q1, q3]": f"{row['ms_per_step_median']:.0f} [{row['ms_per_step_q1']:.0f}, "
                                    f"{row['ms_per_step_q3']:.0f}]",
         "time / dense per round [q1, q3]": _ratio(row["time_vs_dense"], row["mechanism"]),
-        **({f"fwd+bwd ms at n={probe['length']}": f"{row['probe_ms']:.0f}",
+        **({f"fwd+bwd ms at n={probe['length']}": "—" if row["probe_ms"] is None else f"{row['probe_ms']:.0f}",
             "/ dense [q1, q3]": _ratio(row["probe_vs_dense"], row["mechanism"])} if probe else {}),
+        **({"run": str(row["run"])} if merged else {}),
     } for row in result["rows"]]
     sizes, lengths = result["sizes"], result["train_length"]
     settings = next(iter(result["settings"].values()))
     missing = result["missing_mechanisms"]
+    walls = " + ".join(f"{(run['wall_seconds'] or 0) / 60:.0f}" for run in result.get("runs", []))
     return "\n".join([
         f"# Long ListOps ({result['generation']['min_length']}-{result['generation']['max_length']} symbols): "
         "attention mechanisms in the LRA encoder", "",
@@ -255,13 +344,24 @@ def markdown(result: dict[str, Any]) -> str:
         f"(median {lengths['median']}). LRA encoder (2 layers, width 64, FFN 128, 2 heads, pre-LN, mean pooling), "
         f"{settings['max_steps']} steps of batch {settings['batch_size']} for every mechanism (length-bucketed), "
         f"AdamW lr {settings['lr']:g}, warmup {settings['warmup_ratio']:.0%} then linear decay, dev every "
-        f"{settings['eval_interval']} steps; test accuracy of the best dev checkpoint. Runs interleaved in one "
-        f"process ({result['chunk']}-step rounds, {result['threads']} thread(s)); wall time "
-        f"{result['wall_seconds'] / 60:.1f} min. Settings and reasons: `bench/lra_listops_long.py`.", "",
+        f"{settings['eval_interval']} steps; test accuracy of the best dev checkpoint. " + (
+            f"{len(result['runs'])} runs on one machine kind, each interleaving its mechanisms in one process "
+            f"({result['chunk']}-step rounds, {result['threads']} thread(s)); wall time "
+            f"{walls} min. Each row's times "
+            "against dense are against the dense of its own run (`run`): trained in it, or untrained and timed "
+            "in the probe only. Every run trains with the same data, batches, seed and schedule; each mechanism "
+            "keeps its own RNG, so it follows the same steps alone as beside the others." if merged else
+            f"Runs interleaved in one process ({result['chunk']}-step rounds, {result['threads']} thread(s)); "
+            f"wall time {result['wall_seconds'] / 60:.1f} min.") +
+        " Settings and reasons: `bench/lra_listops_long.py`.", "",
         common.markdown_table(table),
         *([f"fwd+bwd: one batch of {probe['batch']} rows of width {probe['length']}, {probe['repeats']} interleaved "
            "rounds, median; the ratio is per round against dense.", ""] if probe else []),
         *([f"Not run (not registered in this tree): {', '.join(missing)}.", ""] if missing else []),
+        *([f"Not yet run: {', '.join(result['pending'])}.", ""] if result.get("pending") else []),
+        *([f"Run {i}: {', '.join(run['mechanisms'])}"
+           + (f"; probe against {run['probe']['reference']}" if (run.get("probe") or {}).get("reference") else "")
+           + "." for i, run in enumerate(result["runs"], 1)] + [""] if merged else []),
         "ms/step is a whole optimiser step (batching, forward, backward, AdamW) at the batch's own width.", ""])
 
 
@@ -305,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mechanisms", nargs="+", default=list(MECHANISMS))
     parser.add_argument("--out-dir", dest="out_dir", type=Path, default=None,
                         help="where to write the result files (default bench/results)")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="RESULT_JSON",
+                        help="write one table from the result JSONs of runs of different mechanisms under the "
+                             "same plan (nothing is trained)")
     parser.add_argument("--work-dir", dest="work_dir", type=Path, default=None,
                         help="keep data, checkpoints and round timings here; running again with the same "
                              "directory and settings resumes (default: a temporary directory, removed)")
@@ -315,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in QUICK.items():
             if key not in given:
                 setattr(args, key, value)
-    result = measure(args)
+    result = merge(args.merge) if args.merge else measure(args)
     text = markdown(result)
     common.write_results(NAME, result, markdown=text, plot=plot(result), out_dir=args.out_dir)
     print(text)

@@ -149,3 +149,54 @@ def test_lra_listops_long_bench_resumes_from_its_work_dir(tmp_path: Path, monkey
     assert resumed["curves"] == straight["curves"]
     for a, b in zip(resumed["rows"], straight["rows"]):
         assert a["steps"] == b["steps"] == 4 and a["test_accuracy"] == b["test_accuracy"]
+
+
+def test_lra_listops_long_merges_runs_of_some_mechanisms(tmp_path: Path) -> None:
+    # The long table is built from runs of a few mechanisms each. A mechanism trained alone must follow the same
+    # steps as beside the others (same dev curve, same test loss), a run without dense must still time against
+    # (an untrained) dense in its probe, and merging must refuse runs under different plans, a mechanism run
+    # twice and unreadable files, naming them.
+    import torch
+
+    from bench import lra_listops_long
+
+    base = ["--steps", "2", "--chunk", "1", "--eval-interval", "1", "--train-rows", "8", "--eval-rows", "4",
+            "--batch-size", "4", "--min-length", "20", "--max-length", "120", "--probe-length", "64",
+            "--probe-batch", "1", "--probe-repeats", "1", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        for name, mechanisms in (("together", ["dense", "yoso", "yoso_bwd8"]), ("a", ["dense", "yoso"]),
+                                 ("b", ["yoso_bwd8"])):
+            assert lra_listops_long.main(base + ["--mechanisms", *mechanisms, "--out-dir", str(tmp_path / name)]) == 0
+        result = {name: tmp_path / name / "lra_listops_long.json" for name in ("together", "a", "b")}
+        assert lra_listops_long.main(["--merge", str(result["b"]), str(result["a"]),
+                                      "--out-dir", str(tmp_path / "merged")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    alone = json.loads(result["b"].read_text())
+    assert alone["probe"]["reference"].startswith("dense, untrained")
+    assert alone["rows"][0]["probe_vs_dense"]["median"] > 0 and alone["rows"][0]["time_vs_dense"] is None
+    merged = json.loads((tmp_path / "merged" / "lra_listops_long.json").read_text())
+    together = json.loads(result["together"].read_text())
+    assert [(r["mechanism"], r["run"]) for r in merged["rows"]] == [("dense", 2), ("yoso", 2), ("yoso_bwd8", 1)]
+    assert merged["pending"] == ["yoso_e", "bigbird", "longformer", "dam_s"]
+    for row, same in zip(merged["rows"], together["rows"]):
+        assert row["mechanism"] == same["mechanism"]
+        assert row["test_loss"] == pytest.approx(same["test_loss"], rel=1e-5)
+        assert merged["curves"][row["mechanism"]] == together["curves"][row["mechanism"]]
+    text = (tmp_path / "merged" / "lra_listops_long.md").read_text()
+    assert "| yoso_bwd8 |" in text and "Not yet run: yoso_e, bigbird, longformer, dam_s." in text
+    assert "Run 1: yoso_bwd8; probe against dense, untrained" in text
+
+    changed = json.loads(result["b"].read_text())
+    changed["settings"]["yoso_bwd8"]["lr"] = 2e-3
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    with pytest.raises(SystemExit, match=r"changed\.json was run under a different plan .*setting lr 0.001 → 0.002"):
+        lra_listops_long.merge([result["a"], tmp_path / "changed.json"])
+    with pytest.raises(SystemExit, match=r"dense is in both .*a.lra_listops_long\.json and .*together"):
+        lra_listops_long.merge([result["a"], result["together"]])
+    (tmp_path / "broken.json").write_text('{"rows": [')
+    with pytest.raises(SystemExit, match=r"broken\.json: not a readable lra_listops_long result"):
+        lra_listops_long.merge([result["a"], tmp_path / "broken.json"])
+    with pytest.raises(SystemExit, match=r"already a merged table"):
+        lra_listops_long.merge([tmp_path / "merged" / "lra_listops_long.json"])
