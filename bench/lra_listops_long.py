@@ -345,7 +345,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{settings['max_steps']} steps of batch {settings['batch_size']} for every mechanism (length-bucketed), "
         f"AdamW lr {settings['lr']:g}, warmup {settings['warmup_ratio']:.0%} then linear decay, dev every "
         f"{settings['eval_interval']} steps; test accuracy of the best dev checkpoint. " + (
-            f"{len(result['runs'])} runs on one machine kind, each interleaving its mechanisms in one process "
+            f"{len(result['runs'])} run{'s' if len(result['runs']) != 1 else ''} on one machine kind, each "
+            "interleaving its mechanisms in one process "
             f"({result['chunk']}-step rounds, {result['threads']} thread(s)); wall time "
             f"{walls} min. Each row's times "
             "against dense are against the dense of its own run (`run`): trained in it, or untrained and timed "
