@@ -142,6 +142,12 @@ def _plan(args: argparse.Namespace, mechanisms: list[str]) -> dict[str, Any]:
     return {**{k: getattr(args, k) for k in keys}, "mechanisms": mechanisms}
 
 
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """The keys whose values differ, as "key old → new; ..." ("" when none)."""
+    keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    return "; ".join(f"{k} {before.get(k)!r} → {after.get(k)!r}" for k in keys)
+
+
 def _check_plan(work: Path, plan: dict[str, Any]) -> None:
     """Record the plan in a new work directory; in a used one, refuse a different plan (naming the changes)."""
     path = work / "plan.json"
@@ -150,11 +156,10 @@ def _check_plan(work: Path, plan: dict[str, Any]) -> None:
             before = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise SystemExit(f"{path}: unreadable run plan ({exc}); remove the work directory to start afresh")
-        changed = sorted(k for k in set(plan) | set(before) if plan.get(k) != before.get(k))
+        changed = _changes(before, plan)
         if changed:
-            raise SystemExit(f"{work} holds a run with a different plan: " + "; ".join(
-                f"{k} {before.get(k)!r} → {plan.get(k)!r}" for k in changed) +
-                ". Use another --work-dir, or the same settings to resume.")
+            raise SystemExit(f"{work} holds a run with a different plan: {changed}. "
+                             "Use another --work-dir, or the same settings to resume.")
         return
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(plan, indent=2, sort_keys=True) + "\n")
@@ -247,13 +252,15 @@ _PER_MECHANISM = frozenset({"attention", "attention_params", "output_dir", "dam_
 
 
 def _shared_plan(result: dict[str, Any]) -> dict[str, Any]:
-    """What must agree between runs merged into one table: data, sizes, round length and every setting but
-    the mechanism's own. (Each trainer keeps its own RNG state, so a mechanism trained in a run of its own
-    follows the same steps as in a run with the others.)"""
+    """What must agree between runs merged into one table: data, sizes, round length, the probe's shape (one
+    column header describes it) and every setting but the mechanism's own. (Each trainer keeps its own RNG
+    state, so a mechanism trained in a run of its own follows the same steps as in a run with the others.)"""
     settings = next(iter(result["settings"].values()))
+    probe = result.get("probe") or {}
     generation = {f"generation {k}": v for k, v in result["generation"].items() if not k.endswith("_seconds")}
     return {**generation, "sizes": result["sizes"], "chunk": result["chunk"],
             "threads": result["threads"], "quick": result["quick"],
+            **{f"probe {k}": probe.get(k) for k in ("batch", "length", "repeats")},
             **{f"setting {k}": v for k, v in settings.items() if k not in _PER_MECHANISM}}
 
 
@@ -281,11 +288,9 @@ def merge(paths: list[Path]) -> dict[str, Any]:
     plan = _shared_plan(first)
     owner: dict[str, Path] = {}
     for path, result in runs:
-        other = _shared_plan(result)
-        changed = sorted(k for k in set(plan) | set(other) if plan.get(k) != other.get(k))
+        changed = _changes(plan, _shared_plan(result))
         if changed:
-            raise SystemExit(f"{path} was run under a different plan from {first_path}: " + "; ".join(
-                f"{k} {plan.get(k)!r} → {other.get(k)!r}" for k in changed))
+            raise SystemExit(f"{path} was run under a different plan from {first_path}: {changed}")
         for row in result["rows"]:
             if row["mechanism"] in owner:
                 raise SystemExit(f"{row['mechanism']} is in both {owner[row['mechanism']]} and {path}")
@@ -293,7 +298,7 @@ def merge(paths: list[Path]) -> dict[str, Any]:
     order = {m: i for i, m in enumerate(MECHANISMS)}
     rows = sorted(((i, row) for i, (_, result) in enumerate(runs) for row in result["rows"]),
                   key=lambda item: (order.get(item[1]["mechanism"], len(order)), item[1]["mechanism"]))
-    probe = next((result["probe"] for _, result in runs if result.get("probe")), None)
+    probe = first.get("probe")  # the same shape in every run (checked above)
     return {
         "merged": True, "rows": [{**row, "run": i + 1} for i, row in rows],
         "curves": {row["mechanism"]: runs[i][1]["curves"][row["mechanism"]] for i, row in rows},

@@ -193,6 +193,11 @@ def test_lra_listops_long_merges_runs_of_some_mechanisms(tmp_path: Path) -> None
     (tmp_path / "changed.json").write_text(json.dumps(changed))
     with pytest.raises(SystemExit, match=r"changed\.json was run under a different plan .*setting lr 0.001 → 0.002"):
         lra_listops_long.merge([result["a"], tmp_path / "changed.json"])
+    changed = json.loads(result["b"].read_text())
+    changed["probe"]["length"] = 32  # one column header describes every run's probe
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    with pytest.raises(SystemExit, match=r"different plan .*probe length 64 → 32"):
+        lra_listops_long.merge([result["a"], tmp_path / "changed.json"])
     with pytest.raises(SystemExit, match=r"dense is in both .*a.lra_listops_long\.json and .*together"):
         lra_listops_long.merge([result["a"], result["together"]])
     (tmp_path / "broken.json").write_text('{"rows": [')
