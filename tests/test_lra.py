@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -375,6 +376,30 @@ def test_resume_after_a_kill_continues_the_same_run(small_listops: Path, tmp_pat
     assert resumed["test_accuracy"] == straight["test_accuracy"] and resumed["best_step"] == straight["best_step"]
     with pytest.raises(ValueError, match="settings differ.*lr"):
         run_lra(_settings(small_listops, tmp_path / "b", resume=True, lr=1e-3))
+
+
+def test_resume_checks_the_data_by_content_not_by_path(small_listops: Path, tmp_path: Path) -> None:
+    run_lra(_settings(small_listops, tmp_path / "run", max_steps=10))
+    trainer_on = lambda data: LRATrainer(_settings(data, tmp_path / "run", max_steps=10))  # noqa: E731
+    moved = tmp_path / "moved" / "small.tsv"
+    moved.parent.mkdir()
+    shutil.copy(small_listops, moved)
+    trainer = trainer_on(moved)
+    assert trainer.resume() and trainer.step == 10  # the same rows elsewhere: the run continues
+    # One label changed in place: same path, different data.
+    label, rest = small_listops.read_text(encoding="utf-8").split("\t", 1)
+    moved.write_text(f"{(int(label) + 1) % 10}\t{rest}", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"data differ from the original run's: .*moved.*sha256"):
+        trainer_on(moved).resume()
+    # A checkpoint from before digests were kept falls back to comparing the path.
+    state_file = next((tmp_path / "run" / "checkpoints").iterdir()) / "trainer.pt"
+    state = torch.load(state_file, weights_only=False)
+    del state["data_sha256"]
+    torch.save(state, state_file)
+    shutil.copy(small_listops, moved)
+    with pytest.raises(ValueError, match=r"settings differ.*data"):
+        trainer_on(moved).resume()
+    assert trainer_on(small_listops).resume()
 
 
 def test_interleaved_trainers_match_a_run_alone(small_listops: Path) -> None:

@@ -87,7 +87,8 @@ def _add_train_args(parser: argparse.ArgumentParser, task: str = "listops") -> N
       help="round each batch's width up to a multiple of this (block patterns add their block)")
     a("--skip-bad-rows", dest="skip_bad_rows", action="store_true",
       help="skip malformed rows (reported with file and line) instead of stopping")
-    a("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    a("--resume", action="store_true",
+      help="continue from the newest checkpoint in --output-dir (same settings; data compared by content)")
     a("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
 

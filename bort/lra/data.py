@@ -10,6 +10,8 @@ Retrieval's splits carry the second document of each pair in `EncodedSplit.pair_
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -75,6 +77,21 @@ class LRASplits:
     truncated: int = 0
     bad_rows: list[Any] = field(default_factory=list)
     num_classes: int | None = None
+
+    def digest(self) -> str:
+        """SHA-256 of what a model is trained and scored on: the vocabulary and every split's token ids, pair
+        ids and labels. Where the files lie is left out, so a moved copy of the data has the same digest and
+        an edited file at the same path does not (what resuming a run checks)."""
+        h = hashlib.sha256()
+        h.update(repr((self.vocab, self.pad_id, self.num_classes)).encode())
+        for split in (self.train, self.dev, self.test):
+            h.update(f"{split.name}:{len(split)}:{split.pair_ids is not None}".encode())
+            h.update(np.asarray(split.labels, dtype=np.int64).tobytes())
+            for rows in (split.ids, split.pair_ids or []):
+                # Lengths first, then the concatenated ids: rows stay delimited without one update per row.
+                h.update(np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows)).tobytes())
+                h.update(np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64).tobytes())
+        return h.hexdigest()
 
 
 def _encode(name: str, rows: Sequence[listops.ListOpsRow], max_length: int) -> tuple[EncodedSplit, int]:

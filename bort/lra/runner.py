@@ -181,6 +181,7 @@ class LRATrainer:
         self.step_seconds: list[float] = []
         self.eval_seconds = 0.0
         self._plan: list[list[int]] | None = None
+        self._data_digest: str | None = None
         self._emit = on_event or (lambda record: None)
         self._bar: tqdm | None = None
         self.model.train()
@@ -195,7 +196,15 @@ class LRATrainer:
                 "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
                 "best_accuracy": self.best_accuracy, "best_step": self.best_step, "history": self.history,
                 "step_seconds": self.step_seconds, "eval_seconds": self.eval_seconds,
-                "settings": {k: v for k, v in self.values.items() if k not in _RESUME_FREE}}
+                "settings": {k: v for k, v in self.values.items() if k not in _RESUME_FREE},
+                "data_sha256": self.data_digest}
+
+    @property
+    def data_digest(self) -> str:
+        """`LRASplits.digest` of this run's data (computed once: a second or two for LRA-sized ListOps)."""
+        if self._data_digest is None:
+            self._data_digest = self.splits.digest()
+        return self._data_digest
 
     def save_checkpoint(self) -> Path:
         """Write `<out>/checkpoints/step-N` (model + trainer state) atomically; keep only the newest."""
@@ -226,16 +235,27 @@ class LRATrainer:
 
     def resume(self) -> bool:
         """Continue from the newest checkpoint under `<out>/checkpoints`; False when there is none. Settings
-        that change the run's numbers must match those it was started with (the error names them)."""
+        that change the run's numbers must match those it was started with (the error names them). The data
+        are compared by content (`LRASplits.digest`), not by path: a run resumes on a moved copy of its data
+        and refuses data edited in place. Checkpoints written before digests were kept compare the path."""
         found = latest_checkpoint(self.out / "checkpoints") if self.out else None
         if found is None:
             return False
         state = load_trainer_state(found)  # a damaged file raises CheckpointError naming it
         now = {k: v for k, v in self.values.items() if k not in _RESUME_FREE}
-        changed = sorted(k for k in set(now) | set(state["settings"]) if now.get(k) != state["settings"].get(k))
+        before = dict(state["settings"])
+        if "data_sha256" in state:
+            if state["data_sha256"] != self.data_digest:
+                raise ValueError(
+                    f"cannot resume {found}: the data differ from the original run's: {self.settings.data} encodes "
+                    f"to sha256 {self.data_digest[:16]}…, the run was trained on {state['data_sha256'][:16]}… "
+                    f"(read from {before.get('data')}). Use the original data or another output directory.")
+            now.pop("data", None)
+            before.pop("data", None)
+        changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
         if changed:
             raise ValueError(f"cannot resume {found}: settings differ from the original run: " + "; ".join(
-                f"{k} {state['settings'].get(k)!r} → {now.get(k)!r}" for k in changed))
+                f"{k} {before.get(k)!r} → {now.get(k)!r}" for k in changed))
         model, _ = load_lra_model(found)
         self.model.load_state_dict(model.state_dict())
         self.model.train()
