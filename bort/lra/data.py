@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -78,10 +79,12 @@ class LRASplits:
     bad_rows: list[Any] = field(default_factory=list)
     num_classes: int | None = None
 
+    @cached_property
     def digest(self) -> str:
         """SHA-256 of what a model is trained and scored on: the vocabulary and every split's token ids, pair
         ids and labels. Where the files lie is left out, so a moved copy of the data has the same digest and
-        an edited file at the same path does not (what resuming a run checks)."""
+        an edited file at the same path does not (what resuming a run checks). Computed once per splits
+        object (a second or two for LRA-sized ListOps), however many trainers share it."""
         h = hashlib.sha256()
         h.update(repr((self.vocab, self.pad_id, self.num_classes)).encode())
         for split in (self.train, self.dev, self.test):

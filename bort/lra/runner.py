@@ -181,7 +181,6 @@ class LRATrainer:
         self.step_seconds: list[float] = []
         self.eval_seconds = 0.0
         self._plan: list[list[int]] | None = None
-        self._data_digest: str | None = None
         self._emit = on_event or (lambda record: None)
         self._bar: tqdm | None = None
         self.model.train()
@@ -197,14 +196,7 @@ class LRATrainer:
                 "best_accuracy": self.best_accuracy, "best_step": self.best_step, "history": self.history,
                 "step_seconds": self.step_seconds, "eval_seconds": self.eval_seconds,
                 "settings": {k: v for k, v in self.values.items() if k not in _RESUME_FREE},
-                "data_sha256": self.data_digest}
-
-    @property
-    def data_digest(self) -> str:
-        """`LRASplits.digest` of this run's data (computed once: a second or two for LRA-sized ListOps)."""
-        if self._data_digest is None:
-            self._data_digest = self.splits.digest()
-        return self._data_digest
+                "data_sha256": self.splits.digest}
 
     def save_checkpoint(self) -> Path:
         """Write `<out>/checkpoints/step-N` (model + trainer state) atomically; keep only the newest."""
@@ -245,10 +237,10 @@ class LRATrainer:
         now = {k: v for k, v in self.values.items() if k not in _RESUME_FREE}
         before = dict(state["settings"])
         if "data_sha256" in state:
-            if state["data_sha256"] != self.data_digest:
+            if state["data_sha256"] != self.splits.digest:
                 raise ValueError(
                     f"cannot resume {found}: the data differ from the original run's: {self.settings.data} encodes "
-                    f"to sha256 {self.data_digest[:16]}…, the run was trained on {state['data_sha256'][:16]}… "
+                    f"to sha256 {self.splits.digest[:16]}…, the run was trained on {state['data_sha256'][:16]}… "
                     f"(read from {before.get('data')}). Use the original data or another output directory.")
             now.pop("data", None)
             before.pop("data", None)
