@@ -37,7 +37,9 @@ Settings (recorded in the JSON):
   2 global and 3 random blocks, executed block-sparse when that computes at most half the score tiles
   ("impl": "auto");
 - longformer: blocks of 40, window 1 block each side and 1 global block, same execution;
-- dam_s: λ = 1e-4, masks over max length 2000 (its search costs O(n²) per forward, by design).
+- dam_s: λ = 1e-4, masks over max length 2000 (its search costs O(n²) per forward, by design). Known to be
+  too strong here: the L1 term sums all n² mask entries, so at these widths it drops every offset (the
+  committed dam_s row sits at the majority class); to be rescaled to the length and rerun.
 
     python bench/lra_listops_long.py --quick            # a few minutes: 6 steps of batch 8, shows the speeds
     python bench/lra_listops_long.py [--steps 2000] [--train-rows 20000] [--chunk 50] [--threads 2]
