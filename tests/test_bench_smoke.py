@@ -91,19 +91,27 @@ def test_lra_listops_long_bench_tiny(tmp_path: Path) -> None:
         assert lra_listops_long.main(["--steps", "2", "--chunk", "1", "--eval-interval", "1", "--train-rows", "8",
                                       "--eval-rows", "4", "--batch-size", "4", "--min-length", "20", "--max-length",
                                       "120", "--probe-length", "64", "--probe-batch", "1", "--probe-repeats", "1",
-                                      "--threads", "1", "--mechanisms", "dense", "yoso", "yoso_bwd8",
+                                      "--threads", "1", "--mechanisms", "dense", "yoso", "yoso_bwd8", "dam_s",
                                       "--out-dir", str(tmp_path)]) == 0
     finally:
         torch.set_num_threads(threads)
     data = json.loads((tmp_path / "lra_listops_long.json").read_text())
-    assert [r["mechanism"] for r in data["rows"]] == ["dense", "yoso", "yoso_bwd8"] and data["sizes"]["train"] == 8
+    assert [r["mechanism"] for r in data["rows"]] == ["dense", "yoso", "yoso_bwd8", "dam_s"]
+    assert data["sizes"]["train"] == 8
+    # DAM's row states its learned mask's density at the bench's widths, and only DAM's row does. Two steps
+    # leave the logits near their initial keep − drop of 0 ± 1e-3, so about half of the offsets are kept.
+    kept = data["rows"][3]["mask_kept_pct"]
+    assert list(kept) == ["500", "1000", "2000"] and all(25.0 < pct < 75.0 for pct in kept.values())
+    assert not any("mask_kept_pct" in row for row in data["rows"][:3])
+    assert data["settings"]["dam_s"]["dam_lambda"] == lra_listops_long.DAM_LAMBDA
     assert data["settings"]["yoso_bwd8"]["attention"] == "yoso"
     assert data["settings"]["yoso_bwd8"]["attention_params"] == {"hash_code_len": 11, "num_hash": 32,
                                                                  "backward_hashes": 8}
     assert 20 < data["train_length"]["min"] and data["train_length"]["max"] < 120
     assert len(data["round_seconds"]["yoso"]) == 2 and data["rows"][1]["time_vs_dense"]["median"] > 0
     assert data["probe"]["length"] == 64 and data["rows"][1]["probe_vs_dense"]["median"] > 0
-    assert "| yoso |" in (tmp_path / "lra_listops_long.md").read_text()
+    table = (tmp_path / "lra_listops_long.md").read_text()
+    assert "| yoso |" in table and f"dam_s {kept['500']:.1f}% at n=500" in table
     assert (tmp_path / "lra_listops_long.png").read_bytes()[:4] == b"\x89PNG"
 
 
