@@ -99,11 +99,18 @@ def _extras(mechanism: str, trainer: LRATrainer) -> dict[str, Any]:
         return {f"sparsity_pct_n{n}": patterns.sparsity(patterns.head_masks("bigbird", n, 2, **params))
                 for n in (16, 64, 256)}
     if mechanism.startswith("dam"):
-        from bort.attention.dam import dam_masks
-
-        mask = dam_masks(trainer.best_model())[0].export(64)
-        return {"dam_kept_pct_n64": 100.0 * float(mask.float().mean())}
+        return {f"dam_kept_pct_n{n}": pct for n, pct in dam_kept_pct(trainer, (64,)).items()}
     return {}
+
+
+def dam_kept_pct(trainer: LRATrainer, lengths: tuple[int, ...]) -> dict[int, float]:
+    """The share (%) of query-key pairs that a DAM run's best-dev checkpoint keeps (its deterministic mask, the
+    one evaluation uses) at each of `lengths` that its logits cover."""
+    from bort.attention.dam import dam_masks, export_mask
+
+    model = trainer.best_model()
+    covered = dam_masks(model)[0].max_length
+    return {n: 100.0 * float(export_mask(model, n).float().mean()) for n in lengths if n <= covered}
 
 
 def portable(value: Any, temp: str | None = None) -> Any:

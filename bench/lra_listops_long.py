@@ -83,7 +83,8 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `bort` import
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
-from bench.lra_listops import attention_of, portable, round_ratio, runnable, train_interleaved  # noqa: E402
+from bench.lra_listops import (  # noqa: E402
+    attention_of, dam_kept_pct, portable, round_ratio, runnable, train_interleaved)
 from bort.atomic import atomic_write_text  # noqa: E402
 from bort.lra import batching, listops_gen  # noqa: E402
 from bort.lra.data import load_splits  # noqa: E402
@@ -141,15 +142,6 @@ def _probe(trainers: dict[str, LRATrainer], args: argparse.Namespace) -> dict[st
     for trainer in trainers.values():
         trainer.model.zero_grad(set_to_none=True)
     return out
-
-
-def _mask_kept(trainer: LRATrainer) -> dict[str, float]:
-    """The share (%) of query-key pairs that DAM's best-dev checkpoint keeps (its deterministic mask, the one
-    evaluation uses) at each width of `DAM_KEPT_AT` that its logits cover."""
-    from bort.attention.dam import dam_masks
-
-    mask = dam_masks(trainer.best_model())[0]
-    return {str(n): 100.0 * float(mask.export(n).float().mean()) for n in DAM_KEPT_AT if n <= mask.max_length}
 
 
 def _plan(args: argparse.Namespace, mechanisms: list[str]) -> dict[str, Any]:
@@ -249,7 +241,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "eval_seconds": summary["eval_seconds"], "time_vs_dense": round_ratio(rounds, m),
                 "probe_ms": probe["ms"][m] if probe else None,
                 "probe_vs_dense": (probe.get("vs_dense", {}).get(m) if probe else None),
-                **({"mask_kept_pct": _mask_kept(trainers[m])} if m.startswith("dam") else {})})
+                **({"mask_kept_pct": {str(n): pct for n, pct in dam_kept_pct(trainers[m], DAM_KEPT_AT).items()}}
+                   if m.startswith("dam") else {})})
             curves[m] = [(h["step"], h["dev_accuracy"]) for h in trainers[m].history]
         lengths = splits.train.lengths
         return portable({
@@ -356,6 +349,8 @@ def markdown(result: dict[str, Any]) -> str:
     sizes, lengths = result["sizes"], result["train_length"]
     settings = next(iter(result["settings"].values()))
     missing = result["missing_mechanisms"]
+    masks = "; ".join(f"{row['mechanism']} " + ", ".join(f"{pct:.1f}% at n={n}" for n, pct in kept.items())
+                      for row in result["rows"] if (kept := row.get("mask_kept_pct")))
     walls = " + ".join(f"{(run['wall_seconds'] or 0) / 60:.0f}" for run in result.get("runs", []))
     return "\n".join([
         f"# Long ListOps ({result['generation']['min_length']}-{result['generation']['max_length']} symbols): "
@@ -382,9 +377,8 @@ def markdown(result: dict[str, Any]) -> str:
         *([f"fwd+bwd: one batch of {probe['batch']} rows of width {probe['length']}, {probe['repeats']} interleaved "
            "rounds, median; the ratio is per round against dense.", ""] if probe else []),
         *([f"Not run (not registered in this tree): {', '.join(missing)}.", ""] if missing else []),
-        *(["Learned masks (the best checkpoint's deterministic mask, share of query-key pairs kept): " + "; ".join(
-            f"{row['mechanism']} " + ", ".join(f"{pct:.1f}% at n={n}" for n, pct in row["mask_kept_pct"].items())
-            for row in kept) + ".", ""] if (kept := [r for r in result["rows"] if r.get("mask_kept_pct")]) else []),
+        *([f"Learned masks (the best checkpoint's deterministic mask, share of query-key pairs kept): {masks}.", ""]
+          if masks else []),
         *([f"Not yet run: {', '.join(result['pending'])}.", ""] if result.get("pending") else []),
         *([f"Run {i}: {', '.join(run['mechanisms'])}"
            + (f"; probe against {run['probe']['reference']}" if (run.get("probe") or {}).get("reference") else "")

@@ -80,7 +80,7 @@ def test_yoso_bench_tiny(tmp_path: Path) -> None:
 
 
 def test_lra_listops_long_bench_tiny(tmp_path: Path) -> None:
-    # Generated rows in a short window, two mechanisms, two interleaved one-step rounds and a one-round probe:
+    # Generated rows in a short window, four mechanisms, two interleaved one-step rounds and a one-round probe:
     # the files and fields must exist; the numbers mean nothing at this size.
     import torch
 
