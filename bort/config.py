@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .jsonfile import read_json
+from .jsonfile import parse_json, read_json
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh", "silu")
 EMBEDDING_STYLES = ("bert", "gluon")
@@ -21,6 +22,90 @@ LAYER_NORM_POSITIONS = ("post", "pre")
 
 class ConfigError(ValueError):
     """A configuration that cannot describe a model (wrong sizes, unknown names)."""
+
+
+# Plausible ranges of the integer fields, inclusive. The upper bounds are generous (far above any released
+# encoder: BERT-large has 24 layers of width 1024, XLM-R a 250k vocabulary, LRA inputs reach 16k tokens); they
+# exist to refuse a typo or a hostile file before its sizes reach the allocator.
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "vocab_size": (1, 1 << 24),
+    "hidden_size": (1, 1 << 16),
+    "num_hidden_layers": (1, 256),
+    "num_attention_heads": (1, 1 << 16),
+    "intermediate_size": (1, 1 << 18),
+    "max_position_embeddings": (1, 1 << 20),
+    "type_vocab_size": (0, 1 << 16),
+    "num_labels": (1, 1 << 20),
+}
+# Number fields: (low, high, low included, high included).
+FLOAT_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "hidden_dropout_prob": (0.0, 1.0, True, False),
+    "attention_probs_dropout_prob": (0.0, 1.0, True, False),
+    "layer_norm_eps": (0.0, 1.0, False, True),
+    "initializer_range": (0.0, 1.0, True, True),
+}
+# The whole model (estimated_parameters) must stay below this: 2^33 ≈ 8.6e9 parameters, 34 GB in float32,
+# about 25 times BERT-large. Each size can be plausible while their product is not (1000 layers of width 8192).
+MAX_PARAMETERS = 1 << 33
+# attention_params are small JSON objects; deeper nesting is garbage (and would overflow the stack on copy).
+MAX_PARAMS_DEPTH = 8
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters: a hostile file can hold a megabyte-long string."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not 1
+
+
+def _int_problem(name: str, value: Any, low: int, high: int | None) -> str | None:
+    """None when `value` is an integer in low..high (no upper bound when `high` is None), else the message."""
+    if _is_int(value) and value >= low and (high is None or value <= high):
+        return None
+    if high is None:
+        expected = "a positive integer" if low == 1 else f"an integer >= {low}"
+    else:
+        expected = f"a positive integer no larger than {high}" if low == 1 else f"an integer in {low}..{high}"
+    got = _short(value) if _is_int(value) else f"{_short(value)} ({type(value).__name__})"
+    return f"{name} must be {expected}, got {got}"
+
+
+def _float_problem(name: str, value: Any, low: float, high: float, low_in: bool, high_in: bool) -> str | None:
+    """None when `value` is a finite number in the interval, else the message (NaN and inf are refused)."""
+    interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return f"{name} must be a number in {interval}, got {_short(value)} ({type(value).__name__})"
+    # An int beyond float range (10**400 from a hostile file) is out of range, not an OverflowError.
+    finite = math.isfinite(value) if isinstance(value, float) else abs(value) < 1 << 1000
+    if not (finite and (low <= value if low_in else low < value) and (value <= high if high_in else value < high)):
+        return f"{name} must be in {interval}, got {_short(value)}"
+    return None
+
+
+def _json_like_problem(value: Any, where: str, depth: int) -> str | None:
+    """None when `value` is made of JSON values (objects with string keys, arrays, strings, numbers, booleans,
+    null) nested at most MAX_PARAMS_DEPTH deep, else the message naming where the first problem lies."""
+    if depth > MAX_PARAMS_DEPTH:
+        return f"{where} is nested more than {MAX_PARAMS_DEPTH} levels deep"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return None
+    if isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    elif isinstance(value, dict):
+        bad_keys = [k for k in value if not isinstance(k, str)]
+        if bad_keys:
+            return f"{where} has a key {_short(bad_keys[0])} that is not a string"
+        items = value.items()
+    else:
+        return f"{where} holds {_short(value)} ({type(value).__name__}), which is not a JSON value"
+    for key, item in items:
+        problem = _json_like_problem(item, f"{where}[{key!r}]", depth + 1)
+        if problem:
+            return problem
+    return None
 
 
 @dataclass
@@ -35,6 +120,15 @@ class BortConfig:
     `layer_norm_position` "post" (BERT, Bort: LayerNorm after each residual sum) or "pre" (LayerNorm on each
     block's input, residual stream left unnormalised, one final LayerNorm after the last layer: the LRA
     models).
+
+    Every field is validated on construction (and so by `from_dict`, `load` and `dataclasses.replace`),
+    before any model is allocated, by type (`true` is not an integer) and against a plausible range:
+    vocab_size 1..2^24, hidden_size 1..65536 (a multiple of num_attention_heads), num_hidden_layers 1..256,
+    intermediate_size 1..2^18, max_position_embeddings 1..2^20, type_vocab_size 0..65536, num_labels 1..2^20,
+    pad_token_id a token of the vocabulary, position_offset below max_position_embeddings; dropouts in [0, 1),
+    layer_norm_eps in (0, 1], initializer_range in [0, 1] (finite numbers); the names from their lists;
+    `attention` a registered mechanism and `attention_params` a JSON object at most 8 levels deep. On top,
+    `estimated_parameters` (encoder and every head) must not exceed `MAX_PARAMETERS` (2^33).
     """
 
     vocab_size: int = 50265
@@ -69,41 +163,99 @@ class BortConfig:
         return self.hidden_size // self.num_attention_heads
 
     def validate(self) -> None:
-        """Raise `ConfigError` naming every field that cannot work."""
+        """Raise `ConfigError` naming every field that cannot work, its value and what was expected.
+
+        Every field is checked by type (`bool` is not an integer; an integer is a number) and against a
+        plausible range before anything is allocated, so that a hostile or mistyped config.json
+        (`vocab_size: 1e12`, `num_hidden_layers: 1e6`, `num_labels: "3"`) is refused with its field named
+        instead of failing in the allocator. The upper bounds (`INT_RANGES`) are far above any real encoder;
+        on top of them the whole model (encoder, pooler and every head, `estimated_parameters`) must stay
+        within `MAX_PARAMETERS`, which refuses e.g. 256 layers of width 8192 as well.
+        """
         problems = []
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                problems.append(f"{name} must be a positive integer, got {value!r}")
-        if not problems and self.hidden_size % self.num_attention_heads != 0:
+        for name, (low, high) in INT_RANGES.items():
+            problem = _int_problem(name, getattr(self, name), low, high)
+            if problem:
+                problems.append(problem)
+        sizes_ok = not problems
+        if sizes_ok and self.hidden_size % self.num_attention_heads != 0:
             problems.append(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
                 f"{self.num_attention_heads} (head size would be {self.hidden_size / self.num_attention_heads:g})")
-        if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
-            problems.append(f"type_vocab_size must be an integer >= 0, got {self.type_vocab_size!r}")
-        if not isinstance(self.position_offset, int) or self.position_offset < 0:
-            problems.append(f"position_offset must be an integer >= 0, got {self.position_offset!r}")
-        elif isinstance(self.max_position_embeddings, int) and self.position_offset >= self.max_position_embeddings:
-            problems.append(f"position_offset {self.position_offset} leaves no positions in "
-                            f"max_position_embeddings {self.max_position_embeddings}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        problems += self._dependent_int_problems()
+        for name, bounds in FLOAT_RANGES.items():
+            problem = _float_problem(name, getattr(self, name), *bounds)
+            if problem:
+                problems.append(problem)
+        if self.classifier_dropout is not None:
+            problem = _float_problem("classifier_dropout", self.classifier_dropout, 0.0, 1.0, True, False)
+            if problem:
+                problems.append(problem + " (or null for hidden_dropout_prob)")
+        for name, choices in (("hidden_act", ACTIVATIONS), ("embedding_style", EMBEDDING_STYLES),
+                              ("layer_norm_position", LAYER_NORM_POSITIONS)):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                problems.append(f"{name} must be in [0, 1), got {value!r}")
-        if self.hidden_act not in ACTIVATIONS:
-            problems.append(f"hidden_act {self.hidden_act!r} is not one of {', '.join(ACTIVATIONS)}")
-        if self.embedding_style not in EMBEDDING_STYLES:
-            problems.append(f"embedding_style {self.embedding_style!r} is not one of {', '.join(EMBEDDING_STYLES)}")
-        if self.layer_norm_position not in LAYER_NORM_POSITIONS:
-            problems.append(f"layer_norm_position {self.layer_norm_position!r} is not one of "
-                            f"{', '.join(LAYER_NORM_POSITIONS)}")
-        if not isinstance(self.layer_norm_eps, (int, float)) or self.layer_norm_eps <= 0:
-            problems.append(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
-        if self.problem_type not in (None, "regression", "single_label_classification"):
+            if not isinstance(value, str) or value not in choices:
+                problems.append(f"{name} {value!r} is not one of {', '.join(choices)}")
+        if not isinstance(self.add_pooler, bool):
+            problems.append(f"add_pooler must be true or false, got {self.add_pooler!r}")
+        if not isinstance(self.problem_type, (str, type(None))) or \
+                self.problem_type not in (None, "regression", "single_label_classification"):
             problems.append(f"problem_type {self.problem_type!r} is not 'regression' or 'single_label_classification'")
+        problems += self._attention_problems()
+        if sizes_ok and self.estimated_parameters > MAX_PARAMETERS:
+            problems.append(
+                f"the model would have about {self.estimated_parameters:.3g} parameters "
+                f"(vocab_size {self.vocab_size}, hidden_size {self.hidden_size}, num_hidden_layers "
+                f"{self.num_hidden_layers}, intermediate_size {self.intermediate_size}, "
+                f"max_position_embeddings {self.max_position_embeddings}, num_labels {self.num_labels}); "
+                f"expected at most {MAX_PARAMETERS:.3g}")
         if problems:
             raise ConfigError("invalid BortConfig: " + "; ".join(problems))
+
+    def _dependent_int_problems(self) -> list[str]:
+        """Integer fields whose range depends on another field (checked only once that field is valid)."""
+        problems = []
+        vocab_ok = _int_problem("vocab_size", self.vocab_size, *INT_RANGES["vocab_size"]) is None
+        problem = _int_problem("pad_token_id", self.pad_token_id, 0, self.vocab_size - 1 if vocab_ok else None)
+        if problem:
+            problems.append(problem + (" (a token id of the vocabulary)" if vocab_ok else ""))
+        positions_ok = _int_problem("max_position_embeddings", self.max_position_embeddings,
+                                    *INT_RANGES["max_position_embeddings"]) is None
+        problem = _int_problem("position_offset", self.position_offset, 0, None)
+        if problem:
+            problems.append(problem)
+        elif positions_ok and self.position_offset >= self.max_position_embeddings:
+            problems.append(f"position_offset {self.position_offset} leaves no positions in "
+                            f"max_position_embeddings {self.max_position_embeddings}")
+        return problems
+
+    def _attention_problems(self) -> list[str]:
+        """The mechanism must be registered and its parameters a JSON-like object of bounded depth; the
+        mechanism itself checks the parameters' names and values when it is built."""
+        from .attention import available_attention  # here: the registry imports torch, this module does not
+
+        problems = []
+        if not isinstance(self.attention, str) or self.attention not in available_attention():
+            problems.append(f"unknown attention mechanism {_short(self.attention)}; known: "
+                            f"{', '.join(available_attention())}")
+        if not isinstance(self.attention_params, dict):
+            problems.append(f"attention_params must be an object of parameter names to values, got "
+                            f"{type(self.attention_params).__name__} {_short(self.attention_params)}")
+        else:
+            problem = _json_like_problem(self.attention_params, "attention_params", 0)
+            if problem:
+                problems.append(problem)
+        return problems
+
+    @property
+    def estimated_parameters(self) -> int:
+        """About the number of parameters of the largest model this config builds (encoder, pooler and every
+        head together), from the sizes alone: what `validate` compares with `MAX_PARAMETERS`."""
+        h, i = self.hidden_size, self.intermediate_size
+        embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size + 2) * h
+        layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h
+        heads = (h * h + h) + (h * h + 3 * h + self.vocab_size) + (h * h + h + (h + 1) * self.num_labels)
+        return embeddings + self.num_hidden_layers * layer + heads
 
     @property
     def max_sequence_length(self) -> int:
@@ -114,12 +266,15 @@ class BortConfig:
     @classmethod
     def preset(cls, name: str = "bort_4_8_768_1024", **overrides: Any) -> "BortConfig":
         """A named configuration, optionally with fields overridden (unknown fields are an error)."""
+        if not isinstance(name, str):
+            raise ConfigError(f"preset must be a preset name (a string), got {_short(name)} ({type(name).__name__}); "
+                              f"known presets: {', '.join(PRESETS)}")
         key = name.lower().replace("_", "-")
         matches = [p for p in PRESETS if p.lower().replace("_", "-") == key]
         if not matches:
             raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
         values = dict(PRESETS[matches[0]])
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)}, key=str)
         if unknown:
             raise ConfigError(f"unknown config field(s) {', '.join(unknown)} for preset {name!r}")
         values.update(overrides)
@@ -142,7 +297,7 @@ class BortConfig:
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: expected a JSON object of config fields, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(repr(k) if not isinstance(k, str) else k for k in set(values) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown config field(s) {', '.join(unknown)}; "
                               f"known fields: {', '.join(sorted(known))}")
@@ -173,12 +328,14 @@ class BortConfig:
             if "preset" in values:
                 return cls.preset(values.pop("preset"), **values)
             return cls.from_dict(values)
+        if not isinstance(spec, (str, os.PathLike)):
+            raise ConfigError(f"a config must be a BortConfig, a preset name, a JSON path, inline JSON or a dict; "
+                              f"got {_short(spec)} ({type(spec).__name__})")
         text = os.fspath(spec)
+        if isinstance(text, bytes):
+            raise ConfigError(f"a config path must be text, got bytes {_short(text)}")
         if text.lstrip().startswith("{"):
-            try:
-                return cls.resolve(json.loads(text))
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"inline config is not valid JSON at column {err.colno}: {err.msg}") from None
+            return cls.resolve(parse_json(text, ConfigError, "inline config"))
         if Path(text).is_file() or text.endswith(".json"):
             return cls.load(text)
         return cls.preset(text)

@@ -37,6 +37,9 @@ def add_demo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--student", default="bort_4_8_768_1024", help="student preset or JSON")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the outputs of an earlier demo run in OUTPUT_DIR/distill (without it a rerun "
+                             "into the same directory is refused, so nothing there is lost by accident)")
 
 
 def _default_teacher() -> Path:
@@ -100,7 +103,8 @@ def run_demo(args: argparse.Namespace) -> int:
         train=[str(out / "data" / "train" / "part-*.rec")], test=[str(out / "data" / "test" / "part-*.rec")],
         teacher=str(teacher_dir), student=args.student, output_dir=str(out / "distill"), batch_size=args.batch_size,
         max_steps=args.steps, lr=3e-4, warmup_ratio=0.1, optimizer="adamw", log_interval=10,
-        eval_interval=max(args.steps // 4, 1), eval_batches=4, checkpoint_interval=args.steps))
+        eval_interval=max(args.steps // 4, 1), eval_batches=4, checkpoint_interval=args.steps,
+        overwrite=args.overwrite))
     train = [r for r in read_jsonl(out / "distill" / "metrics.jsonl") if r["event"] == "train"]
     print("      step    loss  hidden  attention    mlm")
     for r in train:

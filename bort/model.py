@@ -7,6 +7,7 @@ into `transformers` with a prefix change at most (see `checkpoint.hf`).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -64,7 +65,10 @@ class BortEmbeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         n = input_ids.shape[1]
         if n > self.config.max_sequence_length:
-            raise ValueError(f"input length {n} exceeds the model's {self.config.max_sequence_length} positions")
+            raise ValueError(f"input length {n} exceeds the model's {self.config.max_sequence_length} positions: "
+                             f"input_ids has {n} tokens per row, expected at most {self.config.max_sequence_length} "
+                             f"(max_position_embeddings {self.config.max_position_embeddings} - position_offset "
+                             f"{self.config.position_offset})")
         positions = torch.arange(self.config.position_offset, self.config.position_offset + n,
                                  device=input_ids.device)
         x = self.word_embeddings(input_ids)
@@ -226,6 +230,116 @@ class BortPreTrainedModel(nn.Module):
         return next(self.parameters()).device
 
 
+class EmptyRowWarning(UserWarning):
+    """A batch row whose attention mask holds no real token (see `check_inputs`)."""
+
+
+# What nn.Embedding accepts as indices.
+_INDEX_DTYPES = (torch.int64, torch.int32)
+
+
+def _checks_enabled() -> bool:
+    """Input checks read values back to the host; a traced or compiled graph must not depend on data, so
+    they are skipped there (the eager call that produced the example inputs has checked them)."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def _first_at(tensor: torch.Tensor, value: int | float) -> str:
+    """Where `value` (NaN included) first occurs in `tensor`, e.g. "row 1, position 3" (for error messages)."""
+    hits = (tensor.isnan() if value != value else tensor == value).nonzero()
+    if not len(hits):
+        return "an unknown place"
+    where = hits[0].tolist()
+    return f"row {where[0]}, position {where[1]}" if len(where) == 2 else f"index {tuple(where)}"
+
+
+def _require_integer(name: str, tensor: torch.Tensor, dtypes: tuple[torch.dtype, ...] | None = None) -> None:
+    """`tensor` holds integers (of one of `dtypes` when given: what nn.Embedding accepts as indices)."""
+    bad = (tensor.dtype not in dtypes if dtypes is not None else
+           tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool)
+    if bad:
+        expected = " or ".join(str(d).replace("torch.", "") for d in dtypes) if dtypes else "an integer dtype"
+        got = str(tensor.dtype).replace("torch.", "")
+        raise ValueError(f"{name} must hold integer ids ({expected}), got dtype {got}")
+
+
+def check_inputs(config: BortConfig, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 token_type_ids: torch.Tensor | None = None, masked_positions: torch.Tensor | None = None) -> None:
+    """Raise ValueError naming the argument, the offending value, where it is and the allowed range, for
+    inputs that would otherwise fail inside torch with a bare index error (or give garbage silently):
+
+    - `input_ids` outside 0..vocab_size-1, `token_type_ids` outside 0..type_vocab_size-1 (or non-zero in a
+      model without token types), `masked_positions` outside 0..seq-1;
+    - an `attention_mask` holding anything but 0 and 1 (bool masks are fine): a fractional or additive
+      (0/-inf) mask means the caller expects a convention this model does not use;
+    - an `attention_mask` with no real token in the whole batch: nothing could be attended anywhere, so it is a
+      caller's mistake (an inverted or additive mask, or a batch of empty examples).
+
+    A *row* without a real token only warns (`EmptyRowWarning`): every mechanism defines its output (attention
+    over nothing gives zeros, never NaN, and the tests hold them to it), and batches padded to a fixed shape
+    (multiple choice with fewer choices, a last distributed batch) may hold such rows on purpose; but as every
+    tokenised example has at least its [CLS] token, a user should learn that one is there.
+
+    Cost: one min/max (or equality) reduction per argument and a single read-back for all of them.
+    Skipped while tracing or compiling (`_checks_enabled`).
+    """
+    if not _checks_enabled():
+        return
+    _require_integer("input_ids", input_ids, _INDEX_DTYPES)
+    length = input_ids.shape[1]
+    if token_type_ids is not None:
+        _require_integer("token_type_ids", token_type_ids, _INDEX_DTYPES)
+        if token_type_ids.shape != input_ids.shape:
+            raise ValueError(f"token_type_ids shape {tuple(token_type_ids.shape)} does not match input_ids "
+                             f"{tuple(input_ids.shape)}")
+    if masked_positions is not None:
+        _require_integer("masked_positions", masked_positions)
+    if input_ids.numel() == 0:
+        return
+    # name → (tensor reduced, lowest allowed, highest allowed, what the range is)
+    ranges = [("input_ids", input_ids, 0, config.vocab_size - 1, f"vocab_size {config.vocab_size}")]
+    if token_type_ids is not None:
+        ranges.append(("token_type_ids", token_type_ids, 0, max(config.type_vocab_size - 1, 0),
+                       f"type_vocab_size {config.type_vocab_size}"))
+    if masked_positions is not None and masked_positions.numel():
+        ranges.append(("masked_positions", masked_positions, 0, length - 1,
+                       f"positions of the {length}-token input"))
+    stats = [torch.stack(t.aminmax()).long() for _, t, _, _, _ in ranges]
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            mask, binary = attention_mask, attention_mask.new_ones((), dtype=torch.bool)
+        else:
+            mask, binary = attention_mask.ne(0), (attention_mask.eq(0) | attention_mask.eq(1)).all()
+        rows_real = mask.any(dim=1)
+        stats.append(torch.stack([binary, rows_real.all(), rows_real.any()]).long())
+    values = torch.cat(stats).tolist()  # the one read-back
+    for i, (name, tensor, low, high, what) in enumerate(ranges):
+        lo, hi = values[2 * i], values[2 * i + 1]
+        if lo >= low and hi <= high:
+            continue
+        bad = lo if lo < low else hi
+        if name == "token_type_ids" and config.type_vocab_size == 0:
+            raise ValueError(f"token_type_ids given but this model has no token-type embedding "
+                             f"(type_vocab_size 0): found {bad} at {_first_at(tensor, bad)}; pass None or zeros")
+        raise ValueError(f"{name} holds {bad} at {_first_at(tensor, bad)}: expected {low}..{high} ({what})")
+    if attention_mask is not None:
+        is_binary, all_rows_real, any_row_real = values[-3:]
+        if not is_binary:
+            odd = attention_mask[attention_mask.ne(0) & attention_mask.ne(1)][0].item()
+            raise ValueError(f"attention_mask holds {odd!r} at {_first_at(attention_mask, odd)}: expected 1 for a "
+                             f"real token and 0 for padding (bool masks are accepted; additive 0/-inf masks "
+                             f"are not)")
+        if not any_row_real:
+            raise ValueError(f"attention_mask has no real token in any of its {mask.shape[0]} rows (all entries "
+                             "are 0): expected 1 for real tokens and 0 for padding")
+        if not all_rows_real:
+            empty = (~rows_real).nonzero().flatten().tolist()
+            warnings.warn(f"attention_mask row(s) {empty[:8]}{' …' if len(empty) > 8 else ''} hold no real token "
+                          f"({len(empty)} of {mask.shape[0]}): their outputs are those of attention over nothing "
+                          "(zeros); an example normally has at least its [CLS] token", EmptyRowWarning,
+                          stacklevel=3)
+
+
 def _key_padding_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
     """HF convention (1 = real token) → bool (batch, seq); None when nothing is padded (the fast path)."""
     if attention_mask is None:
@@ -255,6 +369,7 @@ class BortModel(BortPreTrainedModel):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         key_padding_mask = _key_padding_mask(attention_mask, input_ids)
+        check_inputs(self.config, input_ids, attention_mask, token_type_ids, masked_positions)
         x = self.embeddings(input_ids, token_type_ids)
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None

@@ -393,7 +393,7 @@ def test_resume_checks_the_data_by_content_not_by_path(small_listops: Path, tmp_
         trainer_on(moved).resume()
     # A checkpoint from before digests were kept falls back to comparing the path.
     state_file = next((tmp_path / "run" / "checkpoints").iterdir()) / "trainer.pt"
-    state = torch.load(state_file, weights_only=False)
+    state = torch.load(state_file, weights_only=True)
     del state["data_sha256"]
     torch.save(state, state_file)
     shutil.copy(small_listops, moved)

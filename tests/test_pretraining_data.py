@@ -242,8 +242,8 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
                    "--max_seq_length", "64", "--dupe_factor", "2", "--num_outputs", "2", "--quiet", "--verbose"])
     out = capsys.readouterr().out
     assert status == 0 and "wrote" in out and "first instance" in out
-    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == [
-        "part-000.idx", "part-000.rec", "part-001.idx", "part-001.rec", "summary.json"]
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == [  # the run's lock file stays (empty)
+        ".bort-run.lock", "part-000.idx", "part-000.rec", "part-001.idx", "part-001.rec", "summary.json"]
     assert main(["--input_file", str(SAMPLE), "--output_dir", str(tmp_path / "x"),
                  "--dataset_name", "openwebtext_ccnews_stories_books_cased"]) == 2
     err = capsys.readouterr().err

@@ -62,10 +62,14 @@ def read_checkpoint(path: str | os.PathLike, config: ConfigSpec = None
         params = read_params(path)
         inferred = infer_gluon_config(params)
         if config is None:
-            cfg = BortConfig.preset("bort_4_8_768_1024", **inferred)
+            try:
+                cfg = BortConfig.preset("bort_4_8_768_1024", **inferred)
+            except ConfigError as err:  # shapes no Bort model has (a damaged file, or another model's)
+                raise CheckpointError(f"{path}: the array shapes imply an impossible config "
+                                      f"({', '.join(f'{k}={v}' for k, v in inferred.items())}): {err}") from None
         else:
             cfg = _resolve(config, str(path))
-        return cfg, gluon_to_bort_state_dict(params, cfg.num_hidden_layers), None
+        return cfg, gluon_to_bort_state_dict(params, cfg.num_hidden_layers, str(path)), None
     raise CheckpointError(f"{path}: unrecognised checkpoint; expected a directory (bort or Hugging Face) "
                           "or a Gluon .params file")
 
@@ -103,7 +107,16 @@ def load_pretrained(path: str | os.PathLike, config: ConfigSpec = None, task: st
     """
     _check_task(task)  # before reading: a typo should not cost a 300 MB read
     cfg, state, _ = read_checkpoint(path, config)
-    return model_for_task(cfg, state, task, str(path), strict_heads=strict_heads)
+    return model_for_task(cfg, state, task, _weights_source(path), strict_heads=strict_heads)
+
+
+def _weights_source(path: str | os.PathLike) -> str:
+    """How errors about the tensors of `path` name it: the weights file of a directory checkpoint (a missing or
+    misshapen parameter is a fault of that file, not of the config beside it), else `path` itself."""
+    if isinstance(path, str) and path.startswith("s3://"):
+        return path
+    weights = Path(path) / WEIGHTS_NAME
+    return str(weights) if weights.is_file() else str(path)
 
 
 def model_for_task(cfg: BortConfig, state: dict[str, torch.Tensor], task: str | None, source: str,
@@ -115,7 +128,10 @@ def model_for_task(cfg: BortConfig, state: dict[str, torch.Tensor], task: str | 
     _check_task(task)
     if task == "regression" and cfg.num_labels != 1:
         cfg = dataclasses.replace(cfg, num_labels=1, problem_type="regression")
-    model = TASK_MODELS[task](cfg)
+    try:
+        model = TASK_MODELS[task](cfg)
+    except ValueError as err:  # a config field the mechanism refuses (e.g. attention_params) names the source
+        raise CheckpointError(f"{source}: cannot build the model from its config: {err}") from None
     load_state_into(model, state, source, strict_heads=strict_heads)
     return model.eval()
 

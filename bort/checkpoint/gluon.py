@@ -348,24 +348,27 @@ def _map_name(name: str, num_layers: int) -> str | None:
     return f"encoder.layer.{layer}.{_CELL[module]}.{_PARAM[param]}"
 
 
-def gluon_to_bort_state_dict(params: dict[str, np.ndarray], num_layers: int) -> dict[str, torch.Tensor]:
+def gluon_to_bort_state_dict(params: dict[str, np.ndarray], num_layers: int,
+                             source: str | None = None) -> dict[str, torch.Tensor]:
     """Rename GluonNLP Bort/BERT parameters to our (Hugging Face BERT) names as torch tensors.
 
     Gluon Dense weights are (out, in) like torch.nn.Linear, so no transposes are needed. The decoder's
     output weight (`decoder.3.weight`) is tied to the word embedding: it is checked equal and dropped.
     Names we do not know (or layers >= num_layers) raise CheckpointError listing them all; missing names
-    are not checked here, the caller compares against the model's state dict.
+    are not checked here, the caller compares against the model's state dict. `source` (the file the
+    params came from) starts every error message.
     """
+    where = f"{source}: " if source else ""
     unknown = sorted(n for n in params if n != _TIED and _map_name(n, num_layers) is None)
     if unknown:
-        raise CheckpointError(f"{len(unknown)} Gluon parameter name(s) not understood for a "
+        raise CheckpointError(f"{where}{len(unknown)} Gluon parameter name(s) not understood for a "
                               f"{num_layers}-layer Bort/BERT model: {', '.join(unknown)}")
     if _TIED in params:
         if _WORD not in params:
-            raise CheckpointError(f"{_TIED} (tied to the word embedding) is present but {_WORD} is missing")
+            raise CheckpointError(f"{where}{_TIED} (tied to the word embedding) is present but {_WORD} is missing")
         tied, word = params[_TIED], params[_WORD]
         if tied.shape != word.shape or not np.array_equal(tied, word):
-            raise CheckpointError(f"{_TIED} {tied.shape} differs from {_WORD} {word.shape}; "
+            raise CheckpointError(f"{where}{_TIED} {tied.shape} differs from {_WORD} {word.shape}; "
                                   f"Bort's decoder must be tied to the word embedding")
     return {_map_name(name, num_layers): torch.from_numpy(np.ascontiguousarray(array))
             for name, array in params.items() if name != _TIED}

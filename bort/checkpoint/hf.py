@@ -35,7 +35,10 @@ def config_from_hf(values: dict[str, Any], source: str = "config.json",
     if values.get("position_embedding_type", "absolute") != "absolute":
         raise CheckpointError(f"{source}: position_embedding_type {values['position_embedding_type']!r} "
                               "is not supported (only 'absolute')")
-    pad = int(values.get("pad_token_id", 0 if model_type in BERT_TYPES else 1) or 0)
+    pad = values.get("pad_token_id", 0 if model_type in BERT_TYPES else 1)
+    pad = 0 if pad is None else pad  # HF writes null for "no padding token"
+    if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
+        raise CheckpointError(f"{source}: pad_token_id must be an integer >= 0 or null, got {pad!r:.80}")
     fields = dict(
         vocab_size=values.get("vocab_size"),
         hidden_size=values.get("hidden_size"),

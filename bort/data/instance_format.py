@@ -26,12 +26,13 @@ from typing import Any, Mapping
 import numpy as np
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "LAYOUT_VERSION", "encode_instance", "decode_instance",
-           "encode_header", "decode_header", "vocab_hash", "needs_u32"]
+           "encode_header", "decode_header", "vocab_hash", "needs_u32", "MAX_VOCAB_SIZE"]
 
 FORMAT = "bort-pretraining-instances"
 FORMAT_VERSION = 1
 LAYOUT_VERSION = 1
 FLAG_IDS_U32, FLAG_POS_U32, FLAG_RANDOM_NEXT = 1, 2, 4
+_KNOWN_FLAGS = FLAG_IDS_U32 | FLAG_POS_U32 | FLAG_RANDOM_NEXT
 _HEAD = struct.Struct("<BBHI")
 _U32 = "I" if array("I").itemsize == 4 else "L"  # array's typecodes name C types; pick the 4-byte one
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -68,14 +69,23 @@ def encode_instance(input_ids: list[int], masked_positions: list[int], masked_id
                      _packed(masked_ids, ids_u32)))
 
 
-def decode_instance(payload: bytes) -> dict[str, np.ndarray]:
+def decode_instance(payload: bytes, vocab_size: int | None = None, max_length: int | None = None
+                    ) -> dict[str, np.ndarray]:
     """Arrays of one instance record: `input_ids`, `masked_positions`, `masked_ids` (int32, 1-D),
-    `valid_length` and `is_random_next` (0-d). Raises ValueError when the payload does not add up."""
+    `valid_length` and `is_random_next` (0-d). Raises ValueError when the payload does not add up, or when
+    an id is not below `vocab_size` or the valid length exceeds `max_length` (the shard header's values:
+    such a record would index past the model's embedding tables)."""
     if len(payload) < _HEAD.size:
         raise ValueError(f"instance record of {len(payload)} bytes is shorter than its {_HEAD.size}-byte header")
     version, flags, p, length = _HEAD.unpack_from(payload)
     if version != LAYOUT_VERSION:
         raise ValueError(f"instance layout version {version} (this reader knows {LAYOUT_VERSION})")
+    if flags & ~_KNOWN_FLAGS:
+        raise ValueError(f"unknown flag bits {flags & ~_KNOWN_FLAGS:#04x} in the instance header (flags {flags:#04x})")
+    if length == 0:
+        raise ValueError("valid length 0: an instance holds at least one token")
+    if max_length is not None and length > max_length:
+        raise ValueError(f"valid length {length} exceeds the shard's max_seq_length {max_length}")
     id_dt = np.dtype("<u4" if flags & FLAG_IDS_U32 else "<u2")
     pos_dt = np.dtype("<u4" if flags & FLAG_POS_U32 else "<u2")
     expected = _HEAD.size + (length + p) * id_dt.itemsize + p * pos_dt.itemsize
@@ -83,16 +93,31 @@ def decode_instance(payload: bytes) -> dict[str, np.ndarray]:
         raise ValueError(f"instance record has {len(payload)} bytes; its header (valid length {length}, "
                          f"{p} masked) needs {expected}")
     off = _HEAD.size
-    ids = np.frombuffer(payload, id_dt, length, off).astype(np.int32)
+    # The range checks run on the stored unsigned values (never negative), before the int32 conversion, so a
+    # uint32 value of 2**31 or more is reported as it is rather than wrapping to a negative id.
+    ids = np.frombuffer(payload, id_dt, length, off)
     off += length * id_dt.itemsize
-    positions = np.frombuffer(payload, pos_dt, p, off).astype(np.int32)
+    positions = np.frombuffer(payload, pos_dt, p, off)
     off += p * pos_dt.itemsize
-    masked = np.frombuffer(payload, id_dt, p, off).astype(np.int32)
-    if p and (positions.max() >= length or np.any(np.diff(positions) <= 0)):
-        raise ValueError("masked positions must be strictly increasing and below the valid length")
-    return {"input_ids": ids, "masked_positions": positions, "masked_ids": masked,
-            "valid_length": np.array(length, dtype=np.int32),
+    masked = np.frombuffer(payload, id_dt, p, off)
+    if p and (int(positions.max()) >= length or np.any(np.diff(positions.astype(np.int64)) <= 0)):
+        raise ValueError(f"masked positions must be strictly increasing and below the valid length {length}, "
+                         f"got {_preview(positions)}")
+    if vocab_size is not None:
+        for name, values in (("input_ids", ids), ("masked_ids", masked)):
+            if values.size and int(values.max()) >= vocab_size:
+                bad = int(np.argmax(values >= vocab_size))
+                raise ValueError(f"{name}[{bad}] = {int(values[bad])} is out of range for the shard's vocabulary "
+                                 f"of {vocab_size} ids (expected 0..{vocab_size - 1}; was the shard made with "
+                                 "another vocabulary, or is it corrupted?)")
+    return {"input_ids": ids.astype(np.int32), "masked_positions": positions.astype(np.int32),
+            "masked_ids": masked.astype(np.int32), "valid_length": np.array(length, dtype=np.int32),
             "is_random_next": np.array(bool(flags & FLAG_RANDOM_NEXT))}
+
+
+def _preview(values: np.ndarray, n: int = 8) -> str:
+    shown = ", ".join(str(int(v)) for v in values[:n])
+    return f"[{shown}{', ...' if len(values) > n else ''}]"
 
 
 def encode_header(header: Mapping[str, Any]) -> bytes:
@@ -101,17 +126,77 @@ def encode_header(header: Mapping[str, Any]) -> bytes:
 
 
 def decode_header(payload: bytes) -> dict[str, Any]:
-    """Parse a header record; ValueError when it is not one of ours."""
+    """Parse and check a header record. ValueError, naming the field and what was expected, when it is not
+    one of ours or a field the readers rely on is missing or of the wrong type or range."""
     try:
         header = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError("record 0 is not a JSON header (not a bort pretraining shard?)") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError covers JSONDecodeError
+        raise ValueError("not a JSON header (not a bort pretraining shard?)") from None
     found = header.get("format") if isinstance(header, dict) else None
     if found != FORMAT:
-        raise ValueError(f"record 0 is not a {FORMAT} header (format={found!r})")
-    if header.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"format version {header.get('format_version')!r}; this reader knows {FORMAT_VERSION}")
+        raise ValueError(f"not a {FORMAT} header (format={_short(found)})")
+    version = header.get("format_version")
+    if not _is_int(version) or version != FORMAT_VERSION:
+        raise ValueError(f"format version {_short(version)}; this reader knows {FORMAT_VERSION}")
+    _check_header(header)
     return header
+
+
+MAX_VOCAB_SIZE = 1 << 31  # ids are handed to torch as int32/int64; uint32 storage allows no more
+HEADER_SPECIAL_IDS = ("cls", "sep", "pad", "unk", "mask")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _field_error(name: str, expected: str, value: Any = ..., missing: bool = False) -> ValueError:
+    if missing:
+        return ValueError(f"header field {name!r} is missing (expected {expected})")
+    got = "null" if value is None else f"{type(value).__name__} {_short(value)}"
+    return ValueError(f"header field {name!r} must be {expected}, got {got}")
+
+
+def _check_header(header: dict[str, Any]) -> None:
+    """The fields every reader relies on (`vocab_hash`, `vocab_size`, `special_ids.pad`,
+    `settings.max_seq_length`) must be present and well typed; the informative ones are checked when present."""
+
+    def required(name: str, expected: str, ok: Any, container: dict[str, Any] = header, prefix: str = "") -> Any:
+        if name not in container:
+            raise _field_error(prefix + name, expected, missing=True)
+        value = container[name]
+        if not ok(value):
+            raise _field_error(prefix + name, expected, value)
+        return value
+
+    required("tokenizer_kind", "a string", lambda v: isinstance(v, str))
+    required("vocab_hash", "a SHA-256 hex digest (64 hex digits)",
+             lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v))
+    vocab_size = required("vocab_size", f"an integer in 1..{MAX_VOCAB_SIZE}",
+                          lambda v: _is_int(v) and 1 <= v <= MAX_VOCAB_SIZE)
+    special = required("special_ids", "an object of special token ids", lambda v: isinstance(v, dict))
+    in_vocab = f"an integer id in 0..{vocab_size - 1}"
+    required("pad", in_vocab, lambda v: _is_int(v) and 0 <= v < vocab_size, special, "special_ids.")
+    for name in HEADER_SPECIAL_IDS:
+        if name != "pad" and name in special:
+            required(name, in_vocab + " or null", lambda v: v is None or (_is_int(v) and 0 <= v < vocab_size),
+                     special, "special_ids.")
+    settings = required("settings", "an object of instance settings", lambda v: isinstance(v, dict))
+    required("max_seq_length", "a positive integer", lambda v: _is_int(v) and 1 <= v < (1 << 32), settings,
+             "settings.")
+    optional = {"lowercase": ("true or false", lambda v: isinstance(v, bool)),
+                "id_dtype": ("'uint16' or 'uint32'", lambda v: v in ("uint16", "uint32")),
+                "position_dtype": ("'uint16' or 'uint32'", lambda v: v in ("uint16", "uint32")),
+                "shard_index": ("a non-negative integer", lambda v: _is_int(v) and v >= 0),
+                "num_shards": ("a positive integer", lambda v: _is_int(v) and v >= 1)}
+    for name, (expected, ok) in optional.items():
+        if name in header:
+            required(name, expected, ok)
 
 
 def vocab_hash(vocab: Mapping[str, int]) -> str:

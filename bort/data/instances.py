@@ -30,7 +30,11 @@ from dataclasses import asdict, dataclass
 from itertools import chain
 from typing import Any, Container, Iterable, Sequence
 
-__all__ = ["InstanceSettings", "Instance", "InstanceBuilder", "chunk_rng"]
+__all__ = ["InstanceSettings", "Instance", "InstanceBuilder", "chunk_rng", "MAX_SEQ_LENGTH"]
+
+# Far beyond any model's position table; positions are stored as uint32 (see `instance_format`).
+MAX_SEQ_LENGTH = 1 << 20
+
 
 @dataclass(frozen=True)
 class InstanceSettings:
@@ -46,6 +50,20 @@ class InstanceSettings:
     random_seed: int = 12345
 
     def __post_init__(self) -> None:
+        # Types first, so that a string or None from a hand-written config is named rather than failing a
+        # comparison (bool is refused where a number is meant: `True` would pass as 1).
+        for name in ("max_seq_length", "max_predictions_per_seq", "dupe_factor", "random_seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+        for name in ("masked_lm_prob", "short_seq_prob", "random_next_prob"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+        if not isinstance(self.whole_word_mask, bool):
+            raise ValueError(f"whole_word_mask must be true or false, got {self.whole_word_mask!r}")
+        if self.max_seq_length > MAX_SEQ_LENGTH:
+            raise ValueError(f"max_seq_length must be at most {MAX_SEQ_LENGTH}, got {self.max_seq_length}")
         if self.max_seq_length < 5:
             raise ValueError(f"max_seq_length must be at least 5 (3 special tokens + 2), got {self.max_seq_length}")
         if self.max_predictions_per_seq < 1:

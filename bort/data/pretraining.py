@@ -8,7 +8,11 @@ flight, so memory does not grow with the input. Worker processes (`--num_workers
 tokenizer single-threaded inside each) and build instances; the parent writes the records in chunk order,
 instance n to shard n mod `--num_outputs`. Each chunk's random stream comes from (seed, chunk number,
 duplicate number), so the shards are byte-identical whatever the number of workers. Shards are written to
-temporary files and renamed when complete: a crash never leaves a damaged shard behind.
+temporary files (unique names) and renamed when complete: a crash never leaves a damaged shard behind, and a
+failed or interrupted run removes its temporary files. The output directory is held for the run
+(`bort.train.run_dir`): a second run into it is refused, naming the first one's pid. Shards of an earlier run
+in the directory are replaced, each atomically (rerunning is how data are remade); shards it does not rewrite
+are listed as stale in the summary.
 
 Instances follow Bort's script (see `bort.data.instances`); the record layout and the header record are in
 `bort.data.instance_format`; `PretrainingDataset` and `collate` read them back. A summary of what was read,
@@ -17,9 +21,12 @@ skipped, truncated and written is printed and saved as `summary.json` in the out
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections import Counter, deque
@@ -27,7 +34,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, raise_write_error
+from ..train.run_dir import lock_output_dir
 from .chunk_worker import ChunkProcessor, ChunkResult, init_worker, run_chunk
 from .instance_format import FORMAT, FORMAT_VERSION, encode_header, needs_u32, vocab_hash
 from .instances import InstanceSettings
@@ -69,13 +77,22 @@ class _Shards:
 
     def write_framed(self, framed: bytes) -> None:
         k = self._next % len(self.writers)
-        self.writers[k].write_framed(framed)
+        try:
+            self.writers[k].write_framed(framed)
+        except OSError as exc:  # disk full…: name the shard and the errno
+            raise_write_error(exc, self.writers[k].path, "writing a pretraining shard")
+            raise
         self.instances[k] += 1
         self._next += 1
 
     def close(self) -> None:
         for w in self.writers:
-            w.close()
+            try:
+                w.close()
+            except BaseException as exc:
+                self.abort()  # the shards not yet closed leave no temporary file behind
+                raise_write_error(exc, w.path, "finishing a pretraining shard")
+                raise
 
     def abort(self) -> None:
         for w in self.writers:
@@ -110,6 +127,38 @@ def shard_header(tokenizer: Any, settings: InstanceSettings, chunk_size_mb: floa
     }
 
 
+# Temporary files of the shard writers and of summary.json (unique names beside their destination), and the
+# fixed names earlier versions used.
+_TEMPORARIES = (".part-*.tmp", "part-*.tmp", ".summary.json.*.tmp")
+
+
+def _remove_temporaries(out: Path) -> None:
+    for pattern in _TEMPORARIES:
+        for path in out.glob(pattern):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _holding_output_dir(create):
+    """Hold `output_dir` for the whole call (a second run into it is refused with the owner's pid) and leave
+    no temporary file in it, whether the run succeeds, fails or is interrupted; temporaries of a run killed
+    outright (kill -9) are removed by the next one. The inputs are resolved first, so a wrong pattern creates
+    no directory."""
+
+    @functools.wraps(create)
+    def wrapper(input_files: str | Sequence[str], output_dir: str | os.PathLike[str], *args: Any, **kwargs: Any):
+        resolve_inputs(input_files)  # FileNotFoundError listing every pattern that matches nothing
+        run_dir = lock_output_dir(output_dir)
+        try:
+            _remove_temporaries(run_dir.path)
+            return create(input_files, output_dir, *args, **kwargs)
+        finally:
+            _remove_temporaries(run_dir.path)
+            run_dir.release()
+
+    return wrapper
+
+
 def _executor(num_workers: int, processor: ChunkProcessor) -> ProcessPoolExecutor:
     # fork shares the loaded tokenizer and libraries with the workers at no cost; elsewhere spawn.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
@@ -117,6 +166,7 @@ def _executor(num_workers: int, processor: ChunkProcessor) -> ProcessPoolExecuto
                                initializer=init_worker, initargs=(processor,))
 
 
+@_holding_output_dir
 def create_pretraining_data(
     input_files: str | Sequence[str],
     output_dir: str | os.PathLike[str],
@@ -200,6 +250,14 @@ def create_pretraining_data(
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = saved_env
+    if not any(shards.instances):  # all inputs empty or blank: an error, not an empty dataset that trains nothing
+        shards.abort()
+        bar.close()
+        shown = ", ".join(map(str, files[:5])) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+        raise PretrainingDataError(
+            f"no pretraining instances were made from {shown}: {counts['bytes_read']} bytes read, "
+            f"{counts['documents']} documents, {counts['tokens']} tokens; expected text, one sentence a line, "
+            "a blank line between documents")
     shards.close()
     bar.close()
 
@@ -302,6 +360,25 @@ def _print_first_instance(output_dir: Path, tokenizer: Any) -> None:
         print("  masked tokens: " + " ".join(tokenizer.id_to_token(int(i)) or "?" for i in inst["masked_ids"]))
 
 
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """While in the block, SIGTERM (a job scheduler, `kill`) ends the run as Ctrl-C does: through the cleanup
+    that removes temporary files, rather than at once."""
+
+    def leave(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, leave)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run `create_pretraining_data.py` / `bort create-pretraining-data`; returns the exit status."""
     try:
@@ -311,10 +388,11 @@ def run(args: argparse.Namespace) -> int:
             masked_lm_prob=args.masked_lm_prob, short_seq_prob=args.short_seq_prob,
             random_next_prob=args.random_next_prob, whole_word_mask=args.whole_word_mask,
             dupe_factor=args.dupe_factor, random_seed=args.random_seed)
-        summary = create_pretraining_data(
-            args.input_file, args.output_dir, tokenizer, settings, num_workers=args.num_workers,
-            num_outputs=args.num_outputs, chunk_size_mb=args.chunk_size_mb, max_buffer_mb=args.max_buffer_mb,
-            progress=not args.quiet)
+        with _sigterm_as_exit():
+            summary = create_pretraining_data(
+                args.input_file, args.output_dir, tokenizer, settings, num_workers=args.num_workers,
+                num_outputs=args.num_outputs, chunk_size_mb=args.chunk_size_mb, max_buffer_mb=args.max_buffer_mb,
+                progress=not args.quiet)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -6,6 +6,15 @@
 A shard made with another vocabulary is refused (both hashes named); a truncated shard raises an error
 naming the file and byte offset, or with `allow_truncated=True` its intact records are used and the damaged
 tail counted in `num_damaged`.
+
+What is checked, and when: the header (record 0) when a shard opens, every field the readers rely on
+(`vocab_hash`, `vocab_size`, `special_ids.pad`, `settings.max_seq_length`); each instance when it is read, its
+framing, its layout, and that every id is below the header's `vocab_size` and its length at most the header's
+`max_seq_length` (a max and a compare per record). Only a damaged *tail* is ever skipped and counted (with
+`allow_truncated`): that is what an interrupted copy or a full disk leaves, and the records before it are
+sound. Anything else, bad framing inside the file or an id out of the vocabulary's range, is a
+`RecordIOError` / `PretrainingDataError` naming the shard, the record and the value: such a record means a
+shard made with another vocabulary or corrupted in place, and training on silently thinned data would hide it.
 """
 from __future__ import annotations
 
@@ -45,14 +54,23 @@ class PretrainingShard:
         self.path = Path(path)
         self.num_damaged = 0
         self._reader, self._offsets = self._open(allow_truncated)
-        if not self._offsets:
-            raise PretrainingDataError(f"{self.path}: no intact header record (empty or damaged from the start)")
         try:
-            self.header: dict[str, Any] = decode_header(self._reader.read_at(self._offsets[0], 0))
-        except ValueError as err:
-            if isinstance(err, RecordIOError):
+            if not self._offsets:
+                raise PretrainingDataError(f"{self.path}: no intact header record (empty or damaged from the start)")
+            try:
+                self.header: dict[str, Any] = decode_header(self._reader.read_at(self._offsets[0], 0))
+            except RecordIOError:
                 raise
-            raise PretrainingDataError(f"{self.path}: {err}") from None
+            except ValueError as err:
+                raise PretrainingDataError(f"{self.path}: header (record 0, byte offset {self._offsets[0]}): "
+                                           f"{err}") from None
+        except BaseException:
+            self._reader.close()
+            raise
+        # Checked by `decode_header`: present, integers, in range.
+        self.vocab_size: int = self.header["vocab_size"]
+        self.pad_id: int = self.header["special_ids"]["pad"]
+        self.max_seq_length: int = self.header["settings"]["max_seq_length"]
         if expected_vocab_hash is not None and self.header.get("vocab_hash") != expected_vocab_hash:
             raise PretrainingDataError(
                 f"{self.path} was made with another vocabulary: its vocab hash is {self.header.get('vocab_hash')}, "
@@ -112,7 +130,7 @@ class PretrainingShard:
             raise IndexError(f"{self.path}: instance {i} out of range ({n} instances)")
         payload = self._reader.read_at(self._offsets[i + 1], i + 1)
         try:
-            return decode_instance(payload)
+            return decode_instance(payload, self.vocab_size, self.max_seq_length)
         except ValueError as err:
             raise PretrainingDataError(f"{self.path}: record {i + 1} at byte offset {self._offsets[i + 1]}: "
                                        f"{err}") from None
@@ -159,6 +177,12 @@ class PretrainingDataset:
                 raise PretrainingDataError(
                     f"shards made with different vocabularies: {first.path} has vocab hash {first.vocab_hash}, "
                     f"{shard.path} has {shard.vocab_hash}")
+            # Batches mix shards: the model is built from the first header, so the others must agree with it.
+            for attr in ("vocab_size", "pad_id"):
+                if getattr(shard, attr) != getattr(first, attr):
+                    raise PretrainingDataError(
+                        f"shards disagree on {attr}: {first.path} has {getattr(first, attr)}, "
+                        f"{shard.path} has {getattr(shard, attr)}")
         self._ends = np.cumsum([len(s) for s in self.shards]).tolist()
 
     @property

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import numbers
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, NamedTuple, Sequence, Union
 
 import numpy as np
+
+from ..atomic import unique_temp_file
 
 __all__ = [
     "MAGIC",
@@ -197,9 +200,10 @@ def _fsync_dir(directory: Path) -> None:
 class RecordIOWriter:
     """Stream records into `path` (and its `.idx`), atomically.
 
-    Records go to `path + ".tmp"` (and the index to `<idx> + ".tmp"`); `close()` flushes, fsyncs and renames
-    both into place, so a reader never sees a half-written shard and a crash leaves any earlier file of that
-    name intact. Leaving the `with` block by an exception discards the temporary files.
+    Records go to a temporary file beside `path` (and the index beside `<idx>`), uniquely named so that two
+    writers of one path never mix their records; `close()` flushes, fsyncs and renames both into place, so a
+    reader never sees a half-written shard and a crash leaves any earlier file of that name intact. Leaving the
+    `with` block by an exception discards the temporary files.
     """
 
     def __init__(self, path: PathLike, index: bool | PathLike = True) -> None:
@@ -207,12 +211,12 @@ class RecordIOWriter:
         self.index_path: Path | None = (index_path_for(path) if index is True else
                                         Path(index) if index not in (False, None) else None)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
-        self._fh: BinaryIO | None = open(self._tmp, "wb")
+        fd, self._tmp = unique_temp_file(self.path)
+        self._fh: BinaryIO | None = os.fdopen(fd, "wb")
         self._idx_tmp = self._idx_fh = None
         if self.index_path is not None:
-            self._idx_tmp = self.index_path.with_name(self.index_path.name + ".tmp")
-            self._idx_fh = open(self._idx_tmp, "w", encoding="utf-8", newline="\n")
+            fd, self._idx_tmp = unique_temp_file(self.index_path)
+            self._idx_fh = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
         self._offset = 0
         self.count = 0
 
@@ -264,7 +268,10 @@ class RecordIOWriter:
         """Discard everything written; files already at `path` stay as they were."""
         for fh, tmp in ((self._fh, self._tmp), (self._idx_fh, self._idx_tmp)):
             if fh is not None:
-                fh.close()
+                try:
+                    fh.close()
+                except OSError:  # e.g. the disk is full: flushing the buffer fails; the file goes anyway
+                    pass
             if tmp is not None and fh is not None:
                 try:
                     os.unlink(tmp)
@@ -288,7 +295,12 @@ class RecordIOReader:
             self._fd: int | None = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except FileNotFoundError:
             raise FileNotFoundError(f"RecordIO file not found: {self.path}") from None
-        self.size = os.fstat(self._fd).st_size
+        info = os.fstat(self._fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(self._fd)
+            self._fd = None
+            raise RecordIOError(self.path, "not a regular file")
+        self.size = info.st_size
         idx_path = (index_path_for(path) if index is True else Path(index) if index not in (False, None) else None)
         if index is True and idx_path is not None and not idx_path.exists():
             idx_path = None
@@ -385,11 +397,14 @@ class RecordIOReader:
                 raise RecordIOError(self.path, f"bad cflag sequence: expected a continuation part (cflag 2 or 3) "
                                                f"at byte {pos}, found cflag {cflag}", offset, record)
             need = _padded(length)
-            body = self._pread(need, pos + 8) if need else b""
+            # Checked against the file size before reading: a damaged length field (up to 2**29) must not
+            # make us allocate half a gigabyte for a file that cannot hold it.
+            have = max(0, self.size - (pos + 8))
+            body = self._pread(need, pos + 8) if need and need <= have else b""
             if len(body) < need:
-                raise RecordIOError(self.path, f"truncated payload: the part at byte {pos} needs {length} bytes "
-                                               f"(+{need - length} padding), the file has {len(body)}",
-                                    offset, record)
+                raise RecordIOError(self.path, f"truncated payload: the part at byte {pos} declares {length} "
+                                               f"bytes (+{need - length} padding), the file has {min(have, need)} "
+                                               f"after its header", offset, record)
             pieces.append(body[:length] if need != length else body)
             pos += 8 + need
             if cflag in (CFLAG_WHOLE, CFLAG_END):

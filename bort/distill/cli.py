@@ -8,6 +8,8 @@ import json
 import logging
 import sys
 
+from ..atomic import WriteError
+from ..train.resume import parse_allowed
 from .recipe import DistillSettings, NonFiniteLossError, run_distillation
 
 
@@ -54,7 +56,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     a("--eval-batches", dest="eval_batches", type=int, default=d.eval_batches)
     a("--checkpoint-interval", "--ckpt_interval", dest="checkpoint_interval", type=int, default=d.checkpoint_interval)
     a("--keep-checkpoints", dest="keep_checkpoints", type=int, default=d.keep_checkpoints)
-    a("--resume", action="store_true", help="continue from the newest checkpoint in OUTPUT_DIR/checkpoints")
+    a("--resume", action="store_true", help="continue from the newest checkpoint in OUTPUT_DIR/checkpoints (the "
+                                           "settings that shape the run must match the checkpoint's)")
+    a("--overwrite", action="store_true",
+      help="start afresh in an OUTPUT_DIR that holds an earlier run: its checkpoints/, final/, metrics.jsonl, "
+           "settings.json, summary.json, loss.png and .push-staging/ are deleted (other files are kept)")
+    a("--allow-setting-change", dest="allow_setting_change", action="append", default=[], metavar="NAME[,NAME]",
+      help="with --resume, accept these settings differing from the checkpoint's (e.g. max_steps to extend a "
+           "run; the new values apply from the resumed step on)")
     a("--seed", type=int, default=d.seed)
     a("--max-bad-steps", dest="max_bad_steps", type=int, default=d.max_bad_steps,
       help="stop after this many steps with NaN/inf losses (each is skipped and counted)")
@@ -79,6 +88,7 @@ def settings_from_args(args: argparse.Namespace) -> DistillSettings:
     values["train"] = [p for item in args.train for p in item.split(",") if p]
     values["test"] = [p for item in args.test for p in item.split(",") if p]
     values["precision"] = _PRECISION.get(args.precision, args.precision)
+    values["allow_setting_change"] = parse_allowed(args.allow_setting_change)
     return DistillSettings(**values)
 
 
@@ -98,6 +108,6 @@ def main(argv: list[str] | None = None, launcher: str | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
-    except (NonFiniteLossError, ValueError, FileNotFoundError) as err:
+    except (NonFiniteLossError, ValueError, FileNotFoundError, WriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

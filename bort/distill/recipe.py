@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from ..atomic import atomic_write_text
 from ..attention.dam import mask_density, mask_penalty
 from ..checkpoint import checkpoint_task, load_pretrained, model_for_task, read_checkpoint
 from ..checkpoint.errors import CheckpointError
@@ -36,6 +37,8 @@ from ..train import checkpointing
 from ..train.distributed import DistEnv, all_reduce_sum, barrier, cleanup, init_distributed
 from ..train.metrics import JsonlLogger, plot_curves, read_jsonl
 from ..train.optim import build_optimizer
+from ..train.resume import check_resume_settings, restore_optimizer_and_schedule
+from ..train.run_dir import RunDir, claim_output_dir
 from ..train.sampler import BatchPlan
 from ..train.schedule import build_schedule
 from .losses import DistillationLoss, uniform_layer_map
@@ -43,6 +46,16 @@ from .losses import DistillationLoss, uniform_layer_map
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ("mlm", "kd", "hidden", "attention", "teacher_mse", "mask_penalty")
+# What a distillation writes into its output directory: a fresh run refuses a directory holding any of them
+# (unless --resume or --overwrite), and --overwrite removes exactly these.
+ARTEFACTS = ("checkpoints", "final", "metrics.jsonl", "settings.json", "summary.json", "loss.png", ".push-staging")
+# Settings that do not change the numbers of the run (logging, evaluation, checkpoint cadence, launch): they may
+# differ on --resume. Every other setting must match the checkpoint's unless --allow-setting-change names it.
+RESUME_FREE = frozenset({"test", "output_dir", "resume", "overwrite", "allow_setting_change", "progress", "plot",
+                         "log_interval", "eval_interval", "eval_batches", "checkpoint_interval", "keep_checkpoints",
+                         "push_to", "launcher", "max_bad_steps", "allow_truncated_data"})
+_STATE_TYPES = {"step": int, "optimizer": dict, "scheduler": dict, "scaler": dict, "loss": dict, "bad_steps": int,
+                "skipped_steps": int, "vocab_hash": str, "global_batch_size": int}
 PUSH_DRAIN_SECONDS = 600.0  # how long the end of a run waits for queued checkpoint uploads
 
 
@@ -81,6 +94,8 @@ class DistillSettings:
     checkpoint_interval: int = 100
     keep_checkpoints: int = 3
     resume: bool = False
+    overwrite: bool = False  # a fresh run replacing an earlier run's outputs (ARTEFACTS) in output_dir
+    allow_setting_change: list[str] = field(default_factory=list)  # settings --resume may change (e.g. max_steps)
     seed: int = 0
     max_bad_steps: int = 10
     launcher: str = "auto"
@@ -158,12 +173,15 @@ class DistillationRecipe:
     def __init__(self, settings: DistillSettings) -> None:
         self.s = settings
         self.out = Path(settings.output_dir)
+        self.run_dir: RunDir | None = None
 
     # --- setup ---------------------------------------------------------------------------------------
     def setup(self) -> None:
         s = self.s
         self.env: DistEnv = init_distributed(s.launcher)
         self.device = self.env.device
+        if self.env.is_main:  # rank 0 writes the directory, so it owns it (before anything slow is loaded)
+            self.run_dir = claim_output_dir(self.out, ARTEFACTS, resume=s.resume, overwrite=s.overwrite)
         self.train_data = PretrainingDataset(s.train, allow_truncated=s.allow_truncated_data)
         header = self.train_data.header
         self.vocab_hash = header["vocab_hash"]
@@ -178,6 +196,14 @@ class DistillationRecipe:
             logger.info("student vocabulary set to the data's: %d ids, pad %d", self.data_vocab_size, self.pad_id)
             student_cfg = dataclasses.replace(student_cfg, vocab_size=self.data_vocab_size, pad_token_id=self.pad_id)
         self.student_config = student_cfg
+        longest = max(self.train_data.shards, key=lambda shard: shard.max_seq_length)
+        data_length = longest.max_seq_length
+        models = [("student", student_cfg)] + ([("teacher", teacher_cfg)] if teacher_cfg is not None else [])
+        for role, cfg in models:  # before training, not as an index error at the first long record
+            if data_length > cfg.max_sequence_length:
+                raise ValueError(f"{longest.path}: the data holds sequences of up to {data_length} tokens but the "
+                                 f"{role} has {cfg.max_sequence_length} positions; create the data with "
+                                 f"--max_seq_length {cfg.max_sequence_length} or give the {role} more positions")
 
         kd = s.kd_weight if s.kd_weight is not None else (0.5 if has_mlm else 0.0)
         # Without teacher logits, hidden states and attentions carry the teacher's knowledge.
@@ -217,13 +243,13 @@ class DistillationRecipe:
         if s.push_to and self.env.is_main:
             from ..storage import CheckpointUploader
 
-            self.uploader = CheckpointUploader(s.push_to, self.out / ".push-staging")
+            self.uploader = CheckpointUploader(s.push_to, self.out / ".push-staging", keep=s.keep_checkpoints)
         if s.resume:
             self._resume()
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             self.metrics = JsonlLogger(self.out / "metrics.jsonl", resume_step=self.step if s.resume else None)
-            (self.out / "settings.json").write_text(json.dumps(dataclasses.asdict(s), indent=2) + "\n")
+            atomic_write_text(self.out / "settings.json", json.dumps(dataclasses.asdict(s), indent=2) + "\n")
 
     def _load_teacher(self) -> tuple[nn.Module | None, BortConfig | None, bool]:
         s = self.s
@@ -244,19 +270,39 @@ class DistillationRecipe:
         if latest is None:
             logger.warning("--resume: no checkpoint in %s, starting from scratch", self.out / "checkpoints")
             return
-        state = checkpointing.load_trainer_state(latest)
+        state = checkpointing.load_trainer_state(latest, _STATE_TYPES)
         if state["vocab_hash"] != self.vocab_hash:
             raise CheckpointError(f"{latest}: made from data with vocabulary {state['vocab_hash'][:12]}…, "
                                   f"the data given has {self.vocab_hash[:12]}…")
         if state["global_batch_size"] != self.plan.global_batch_size:
             raise CheckpointError(f"{latest}: global batch was {state['global_batch_size']}, now "
                                   f"{self.plan.global_batch_size}; resume with the same batch × ranks × accumulation")
+        if "train_records" in state and state["train_records"] != len(self.train_data):
+            raise CheckpointError(f"{latest}: the run was trained on {state['train_records']} records, the data "
+                                  f"given ({', '.join(self.s.train)}) holds {len(self.train_data)}; resume on the "
+                                  "original data")
+        changed: list[str] = []
+        if isinstance(state.get("settings"), dict):
+            # Only settings both sides know are compared: a field added to (or dropped from) the settings since
+            # the checkpoint was written has no recorded value to compare with.
+            now = {k: v for k, v in dataclasses.asdict(self.s).items() if k in state["settings"]}
+            before = {k: state["settings"][k] for k in now}
+            changed = check_resume_settings(latest, before, now, self.s.allow_setting_change, RESUME_FREE)
+        else:
+            logger.warning("%s: no settings recorded (an older checkpoint); they cannot be checked", latest)
         student = load_pretrained(latest, task="mlm", strict_heads=True)
-        self.student.load_state_dict(student.state_dict())
-        self.loss_fn.load_state_dict(state["loss"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        try:
+            self.student.load_state_dict(student.state_dict())
+            self.loss_fn.load_state_dict(state["loss"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as err:
+            raise CheckpointError(f"{latest}: its student, loss or scaler state does not fit this run's "
+                                  f"({type(err).__name__}: {err})") from None
+        restore_optimizer_and_schedule(latest / checkpointing.TRAINER_STATE, self.optimizer, self.scheduler,
+                                       state["optimizer"], state["scheduler"], state["step"], changed)
+        if changed:
+            logger.warning("resuming %s with changed settings (allowed): %s", latest, ", ".join(
+                f"{k} {state['settings'].get(k)!r} → {getattr(self.s, k)!r}" for k in changed))
         self.step, self.bad_steps, self.skipped_steps = state["step"], state["bad_steps"], state["skipped_steps"]
         if self.env.is_main:
             logger.info("resumed from %s at step %d", latest, self.step)
@@ -321,10 +367,11 @@ class DistillationRecipe:
         # Zero in place rather than freeing: re-allocating ~300 MB of gradients (a 50k-vocabulary embedding)
         # every step costs page faults, as glibc hands blocks above 32 MB back to the OS (about 15% a step).
         self.optimizer.zero_grad(set_to_none=False)
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step used (step() below sets the next one's)
         self.scheduler.step()
         self.step += 1
         record = {name: float(sums[i]) for i, name in enumerate(COMPONENTS) if not math.isnan(sums[i])}
-        record.update(loss=float(sums[-2]), grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0],
+        record.update(loss=float(sums[-2]), grad_norm=float(grad_norm), lr=lr,
                       masked_tokens=global_count, skipped=not finite)
         density = mask_density(self.student)  # of the last micro-batch's sampled DAM mask
         if density is not None:
@@ -371,7 +418,8 @@ class DistillationRecipe:
                      "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                      "loss": self.loss_fn.state_dict(), "bad_steps": self.bad_steps,
                      "skipped_steps": self.skipped_steps, "vocab_hash": self.vocab_hash,
-                     "global_batch_size": self.plan.global_batch_size, "settings": dataclasses.asdict(self.s)}
+                     "global_batch_size": self.plan.global_batch_size, "train_records": len(self.train_data),
+                     "settings": dataclasses.asdict(self.s)}
             path = checkpointing.save_checkpoint(self.out / "checkpoints", self.step, self.student, state,
                                                  keep=self.s.keep_checkpoints)
             if self.uploader is not None:
@@ -419,12 +467,18 @@ class DistillationRecipe:
             self.metrics.close()
             if self.s.plot:
                 plot_curves(read_jsonl(self.out / "metrics.jsonl"), self.out / "loss.png")
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         barrier(env)
         return summary
 
     def cleanup(self) -> None:
-        cleanup(self.env)
+        """Tear down the process group and give the output directory up (safe after a failed setup)."""
+        try:
+            if hasattr(self, "env"):
+                cleanup(self.env)
+        finally:
+            if self.run_dir is not None:
+                self.run_dir.release()
 
 
 def run_distillation(settings: DistillSettings) -> dict[str, Any]:
@@ -438,5 +492,4 @@ def run_recipe(recipe: DistillationRecipe) -> dict[str, Any]:
         recipe.setup()
         return recipe.train()
     finally:
-        if hasattr(recipe, "env"):
-            recipe.cleanup()
+        recipe.cleanup()

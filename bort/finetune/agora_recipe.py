@@ -3,7 +3,9 @@
     bort agora grid.json --reference path/to/finetuned_reference --holdout 136 --replay 1 --output-dir out
 
 Writes `rounds.jsonl` (one record per round: pool and scores, errors, points added, training-set size),
-`agora.json`, `generated.jsonl`, `agora.png` and the final model in `best/` (with its tokenizer).
+`agora.json`, `generated.jsonl`, `agora.png` and the final model in `best/` (with its tokenizer). The output
+directory is held for the run (`bort.train.run_dir`); one holding an earlier run's outputs is refused unless
+`--overwrite`.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any, Sequence
 from ..checkpoint import load_pretrained, save_pretrained
 from ..tokenization import load_tokenizer
 from ..train.metrics import JsonlLogger
+from ..train.run_dir import claim_output_dir
 from .agora import Agora, write_report
 from .augment import MLMInfill, TokenPerturbation, vocabulary_words
 from .batching import encode_task_examples
@@ -21,6 +24,9 @@ from .grid import load_grid
 from .heads import load_model_for, model_task
 from .runner import read_splits, task_tokenizer
 from .trainer import evaluate, predict
+
+# What a run writes into its output directory (refused when present, removed by --overwrite).
+ARTEFACTS = ("rounds.jsonl", "agora.json", "generated.jsonl", "agora.png", "best")
 
 
 def reference_labeller(task: Any, reference: str, tokenizer_path: str | None, max_length: int):
@@ -42,7 +48,12 @@ def run_agora(args: argparse.Namespace) -> dict[str, Any]:
     settings = spec.settings
     task = get_task(settings.task)
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with claim_output_dir(out, ARTEFACTS, overwrite=getattr(args, "overwrite", False)):
+        return _run_agora(args, spec, task, out)
+
+
+def _run_agora(args: argparse.Namespace, spec: Any, task: Any, out: Path) -> dict[str, Any]:
+    settings = spec.settings
     train, dev, _, _ = read_splits(task, settings)
     holdout: list[Any] = []
     if args.holdout:

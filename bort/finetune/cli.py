@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 
+from ..atomic import WriteError
 from .runner import FinetuneSettings, run_finetune
 from .trainer import HParams
 
@@ -46,6 +47,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
       help="skip malformed rows (reported with file and line, counted in metrics.json) instead of stopping")
     a("--dam-lambda", dest="dam_lambda", type=float, default=0.0,
       help="weight of the DAM mask penalty λ·Σ|M| (models with dam_s/dam_u attention)")
+    a("--overwrite", action="store_true",
+      help="replace an earlier run's outputs in --output-dir (best/, metrics.json(l), curves.png, "
+           "dev_predictions.jsonl, submission/; other files are kept) instead of refusing the directory")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -61,13 +65,13 @@ def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
                             eval_interval=args.eval_interval, patience=args.patience, max_steps=args.max_steps,
                             dev_split=args.dev_split, split_seed=args.split_seed,
                             skip_bad_rows=args.skip_bad_rows, dam_lambda=args.dam_lambda, config=config,
-                            progress=args.progress)
+                            progress=args.progress, overwrite=args.overwrite)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         summary = run_finetune(settings_from_args(args))
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+    except (ValueError, FileNotFoundError, FloatingPointError, WriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({k: summary[k] for k in ("task", "dev", "best_step", "steps", "train_seconds",
@@ -89,6 +93,9 @@ def add_grid_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="parallel trials (processes, or Ray CPUs)")
     parser.add_argument("--backend", choices=("local", "ray"), default="local")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep every trial's best/ checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="discard the finished trials and results of an earlier grid in --output-dir (a rerun "
+                             "of the same grid resumes without it; one with other settings is refused)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -101,8 +108,8 @@ def run_grid_cli(args: argparse.Namespace) -> int:
         spec = load_grid(args.grid)
         spec.settings = dataclasses.replace(spec.settings, save_checkpoint=args.keep_checkpoints)
         results = run_grid(spec, args.output_dir, workers=args.workers, backend=args.backend,
-                           progress=args.progress)
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+                           progress=args.progress, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FloatingPointError, WriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"trials": len(results), "best": results[0] if results else None}, sort_keys=True))
@@ -124,6 +131,9 @@ def add_agora_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--holdout", type=int, default=0,
                         help="rows of the evaluation set kept out of Agora for a final, unbiased test")
     parser.add_argument("--output-dir", default="agora_output")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier run's outputs in --output-dir (rounds.jsonl, agora.json, "
+                             "generated.jsonl, agora.png, best/; other files are kept) instead of refusing it")
 
 
 def run_agora_cli(args: argparse.Namespace) -> int:
@@ -131,7 +141,7 @@ def run_agora_cli(args: argparse.Namespace) -> int:
 
     try:
         summary = run_agora(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+    except (ValueError, FileNotFoundError, FloatingPointError, WriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({k: summary[k] for k in ("task", "hparams", "dev", "holdout", "trainings", "added")},

@@ -14,6 +14,12 @@ finishes, and a trial whose result exists is never run again, so an interrupted 
 (the id is a hash of the trial's hyper-parameters). Results: `results.md`, `results.csv`, `results.json`
 (sorted by the task's main metric) and `results.png` (the metric against each hyper-parameter).
 
+The output directory is held for the run (`bort.train.run_dir`: a second grid into it is refused, naming the
+first one's pid). `grid_settings.json` records the settings every trial shares (task, model, data, lengths…):
+a rerun with the same settings resumes, one with other settings is refused with the differences named, since
+its trials would be mixed with results of another model or data; `overwrite` discards the earlier trials and
+results instead.
+
 Parallelism: `workers` processes on this machine (each with cores / workers BLAS threads), or the same trials
 as Ray tasks (`backend="ray"`, optional extra `bort[ray]`; on a cluster the output directory must be on a shared
 file system so results and resumption work across nodes).
@@ -36,6 +42,8 @@ from typing import Any
 from tqdm import tqdm
 
 from ..atomic import atomic_write_text
+from ..train.resume import changed_settings
+from ..train.run_dir import RunDirError, claim_output_dir
 from .runner import FinetuneSettings
 from .trainer import HParams
 
@@ -50,6 +58,11 @@ BORT_README_GRID: dict[str, list[Any]] = {
 }
 _HPARAM_FIELDS = {f.name for f in dataclasses.fields(HParams)}
 _SETTING_FIELDS = {f.name for f in dataclasses.fields(FinetuneSettings)} - {"task", "model", "hparams"}
+# What a grid writes into its output directory (removed by `overwrite`).
+ARTEFACTS = ("trials", "results.json", "results.csv", "results.md", "results.png", "grid_settings.json")
+SETTINGS_FILE = "grid_settings.json"
+# Shared settings that change no trial's result (so a rerun may differ in them).
+_RESULT_FREE = {"output_dir", "progress", "save_checkpoint", "overwrite", "log_interval"}
 
 
 @dataclasses.dataclass
@@ -130,7 +143,8 @@ def run_trial(settings: FinetuneSettings, hp: HParams, trial_dir: Path, threads:
         torch.set_num_threads(threads)
     from .runner import run_finetune
 
-    trial = dataclasses.replace(settings, hparams=hp, output_dir=str(trial_dir), progress=False)
+    # The grid owns its trial directories: one without result.json is an interrupted trial, run again afresh.
+    trial = dataclasses.replace(settings, hparams=hp, output_dir=str(trial_dir), progress=False, overwrite=True)
     summary = run_finetune(trial)
     record = {"id": trial_id(hp), **hp.as_dict(), "metric": summary["dev"][summary["main_metric"]],
               "dev": summary["dev"], "best_step": summary["best_step"], "steps": summary["steps"],
@@ -139,11 +153,48 @@ def run_trial(settings: FinetuneSettings, hp: HParams, trial_dir: Path, threads:
     return record
 
 
+def shared_settings(settings: FinetuneSettings) -> dict[str, Any]:
+    """The settings that every trial shares and that decide its result (recorded in grid_settings.json)."""
+    values = dataclasses.asdict(settings)
+    values.pop("hparams")
+    return json.loads(json.dumps({k: v for k, v in values.items() if k not in _RESULT_FREE}, default=str))
+
+
+def _check_same_grid(out: Path, settings: FinetuneSettings) -> None:
+    """Refuse to resume a grid whose finished trials were run with other shared settings; record them."""
+    now = shared_settings(settings)
+    path = out / SETTINGS_FILE
+    if path.exists():
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            before = exc
+        if not isinstance(before, dict):
+            raise RunDirError(f"{path}: expected a JSON object of the grid's settings ({before}); pass --overwrite "
+                              "to start the grid afresh")
+        changed = changed_settings(before, now)
+        if changed:
+            raise RunDirError(
+                f"{out} holds a grid run with other settings: "
+                + "; ".join(f"{k} {before.get(k)!r} → {now.get(k)!r}" for k in changed)
+                + ". Its trials cannot be mixed with these: use another output directory, or pass --overwrite "
+                "to discard them")
+    elif (out / "trials").is_dir() and any((out / "trials").iterdir()):
+        logger.warning("%s: trials of an earlier grid without %s; assuming the same settings", out, SETTINGS_FILE)
+    atomic_write_text(path, json.dumps(now, indent=1, sort_keys=True) + "\n")
+
+
 def run_grid(spec: GridSpec, output_dir: str | os.PathLike, workers: int = 1, backend: str = "local",
-             progress: bool = True) -> list[dict[str, Any]]:
-    """Run every unfinished trial of `spec`; write and return the sorted results table."""
+             progress: bool = True, overwrite: bool = False) -> list[dict[str, Any]]:
+    """Run every unfinished trial of `spec`; write and return the sorted results table. A rerun into the same
+    directory resumes; `overwrite` discards an earlier grid's trials and results first."""
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with claim_output_dir(out, ARTEFACTS, resume=not overwrite, overwrite=overwrite):
+        _check_same_grid(out, spec.settings)
+        return _run_grid(spec, out, workers, backend, progress)
+
+
+def _run_grid(spec: GridSpec, out: Path, workers: int, backend: str, progress: bool) -> list[dict[str, Any]]:
     trials = spec.trials()
     pending = [hp for hp in trials if not (out / "trials" / trial_id(hp) / "result.json").exists()]
     logger.info("grid: %d trials, %d already finished, %d to run", len(trials), len(trials) - len(pending),

@@ -26,11 +26,16 @@ from ..attention.dam import mask_penalty
 from ..checkpoint import save_pretrained
 from ..tokenization import BortTokenizer, load_tokenizer
 from ..train.metrics import JsonlLogger, plot_loss_and_dev, read_jsonl
+from ..train.run_dir import claim_output_dir
 from .batching import encode_task_examples
 from .heads import load_model_for
 from .trainer import FitResult, HParams, evaluate, fit, predict
 
 logger = logging.getLogger(__name__)
+
+# What a run writes into its output directory: a new run refuses a directory holding any of them (unless
+# `overwrite`), and `overwrite` removes exactly these.
+ARTEFACTS = ("best", "metrics.json", "metrics.jsonl", "curves.png", "dev_predictions.jsonl", "submission")
 
 
 @dataclass
@@ -56,6 +61,7 @@ class FinetuneSettings:
     progress: bool = True
     log_interval: int = 10
     save_checkpoint: bool = True  # write best/ (grid trials may skip it: hundreds of copies of a model)
+    overwrite: bool = False  # replace an earlier run's outputs (ARTEFACTS) in output_dir instead of refusing
 
 
 def resolve_task_dir(task: Any, data_dir: str | Path) -> Path:
@@ -117,12 +123,19 @@ def _dam_monitor(model: torch.nn.Module) -> dict[str, float]:
 
 
 def run_finetune(settings: FinetuneSettings) -> dict[str, Any]:
-    """Fine-tune, keep the best dev checkpoint, write predictions and submissions; returns the summary."""
+    """Fine-tune, keep the best dev checkpoint, write predictions and submissions; returns the summary.
+
+    The output directory is held for the run (`bort.train.run_dir`): a second run into it is refused, and so
+    is a directory holding an earlier run's outputs unless `settings.overwrite`."""
     from ..data.tasks import get_task
 
     task = get_task(settings.task)
     out = Path(settings.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with claim_output_dir(out, ARTEFACTS, overwrite=settings.overwrite):
+        return _run_finetune(settings, task, out)
+
+
+def _run_finetune(settings: FinetuneSettings, task: Any, out: Path) -> dict[str, Any]:
     start = time.perf_counter()
     train, dev, test, bad = read_splits(task, settings)
     for row in bad:

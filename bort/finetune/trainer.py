@@ -148,12 +148,13 @@ def fit(model: nn.Module, task: Any, train_items: Sequence[EncodedExample], dev_
         if hp.clip_norm:
             nn.utils.clip_grad_norm_(model.parameters(), hp.clip_norm)
         optimizer.step()
+        lr = schedule.get_last_lr()[0]  # the rate this step used (step() below sets the next one's)
         schedule.step()
         optimizer.zero_grad(set_to_none=False)
         step += 1
         bar.update(1)
         if step % log_interval == 0 or step == total:
-            record = {"event": "train", "step": step, "loss": float(value.detach()), "lr": schedule.get_last_lr()[0]}
+            record = {"event": "train", "step": step, "loss": float(value.detach()), "lr": lr}
             if extra is not None:
                 record["penalty"] = float(extra.detach())
             if monitor is not None:

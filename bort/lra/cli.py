@@ -19,6 +19,8 @@ import logging
 import sys
 from typing import Any
 
+from ..atomic import WriteError
+from ..train.resume import parse_allowed
 from . import listops_gen
 from .listops_gen import add_generate_args, run_generate
 from . import pathfinder_gen
@@ -89,6 +91,11 @@ def _add_train_args(parser: argparse.ArgumentParser, task: str = "listops") -> N
       help="skip malformed rows (reported with file and line) instead of stopping")
     a("--resume", action="store_true",
       help="continue from the newest checkpoint in --output-dir (same settings; data compared by content)")
+    a("--overwrite", action="store_true",
+      help="start afresh in an --output-dir that holds an earlier run: its checkpoints/, best/, metrics.jsonl, "
+           "results.json and curves.png are deleted (other files are kept)")
+    a("--allow-setting-change", dest="allow_setting_change", action="append", default=[], metavar="NAME[,NAME]",
+      help="with --resume, accept these settings differing from the checkpoint's (e.g. max_steps to extend a run)")
     a("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
@@ -102,7 +109,8 @@ def settings_from_args(args: argparse.Namespace) -> LRASettings:
         warmup_ratio=args.warmup_ratio, eval_interval=args.eval_interval, dev_size=args.dev_size,
         test_size=args.test_size, split_seed=args.split_seed, seed=args.seed, dam_lambda=args.dam_lambda,
         clip_norm=args.clip_norm, pad_multiple=args.pad_multiple, skip_bad_rows=args.skip_bad_rows,
-        resume=args.resume, progress=args.progress)
+        resume=args.resume, overwrite=args.overwrite, allow_setting_change=parse_allowed(args.allow_setting_change),
+        progress=args.progress)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         summary = run_lra(settings_from_args(args))
-    except (ValueError, FileNotFoundError, FloatingPointError, ConfigError) as exc:
+    except (ValueError, FileNotFoundError, FloatingPointError, ConfigError, WriteError) as exc:
         print(f"bort lra: error: {exc}", file=sys.stderr)
         return 2
     keys = ("task", "attention", "steps", "best_step", "dev_accuracy", "test_accuracy", "majority_accuracy",

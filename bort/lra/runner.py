@@ -19,10 +19,8 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +31,12 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from ..atomic import atomic_write_text
-from ..train.checkpointing import TRAINER_STATE, checkpoint_dirs, latest_checkpoint, load_trainer_state
+from ..checkpoint.errors import CheckpointError
+from ..train.checkpointing import latest_checkpoint, load_trainer_state, write_checkpoint
 from ..train.metrics import JsonlLogger, plot_loss_and_dev, read_jsonl
 from ..train.optim import build_optimizer
+from ..train.resume import check_resume_settings, restore_optimizer_and_schedule
+from ..train.run_dir import claim_output_dir
 from ..train.schedule import build_schedule
 from . import batching
 from .data import EncodedSplit, LRASplits, load_splits
@@ -45,7 +46,14 @@ from .tasks import LRATask, get_task
 logger = logging.getLogger(__name__)
 
 # Settings that may differ between a run and its resumption (they change no number of the run).
-_RESUME_FREE = {"output_dir", "resume", "progress", "log_interval", "eval_batch_size"}
+_RESUME_FREE = {"output_dir", "resume", "overwrite", "allow_setting_change", "progress", "log_interval",
+                "eval_batch_size"}
+# What a run writes into its output directory: a fresh run refuses a directory holding any of them (unless
+# resume or overwrite), and overwrite removes exactly these.
+ARTEFACTS = ("checkpoints", "best", "metrics.jsonl", "results.json", "curves.png")
+_STATE_TYPES = {"step": int, "epoch": int, "cursor": int, "rng_state": torch.Tensor, "optimizer": dict,
+                "schedule": dict, "best_accuracy": (int, float), "best_step": int, "history": list,
+                "step_seconds": list, "eval_seconds": (int, float), "settings": dict}
 
 
 @dataclass
@@ -77,6 +85,8 @@ class LRASettings:
     eval_batch_size: int = 128
     skip_bad_rows: bool = False
     resume: bool = False
+    overwrite: bool = False  # a fresh run replacing an earlier run's outputs (ARTEFACTS) in output_dir
+    allow_setting_change: list[str] = field(default_factory=list)  # settings `resume` may change (e.g. max_steps)
     progress: bool = True
     log_interval: int = 10
 
@@ -200,23 +210,10 @@ class LRATrainer:
 
     def save_checkpoint(self) -> Path:
         """Write `<out>/checkpoints/step-N` (model + trainer state) atomically; keep only the newest."""
-        root = self.out / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / f"step-{self.step:07d}"
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{self.step:07d}-", dir=root))
-        try:
-            save_lra_model(self.model, tmp, self.task.name, self.splits.vocab)
-            torch.save(self._state(), tmp / TRAINER_STATE)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        for old in checkpoint_dirs(root):
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
-        return final
+        return write_checkpoint(
+            self.out / "checkpoints", self.step,
+            lambda directory: save_lra_model(self.model, directory, self.task.name, self.splits.vocab),
+            self._state(), keep=1)
 
     def clear_outputs(self) -> None:
         """Remove the checkpoints and best model of an earlier run in the output directory (a fresh run)."""
@@ -233,26 +230,34 @@ class LRATrainer:
         found = latest_checkpoint(self.out / "checkpoints") if self.out else None
         if found is None:
             return False
-        state = load_trainer_state(found)  # a damaged file raises CheckpointError naming it
+        state = load_trainer_state(found, _STATE_TYPES)  # a damaged or hostile file raises CheckpointError
+        rng, expected = state["rng_state"], torch.get_rng_state()
+        if rng.dtype != expected.dtype or rng.shape != expected.shape:
+            raise CheckpointError(f"{found}/trainer.pt: rng_state should be a {expected.dtype} tensor of shape "
+                                  f"{tuple(expected.shape)} (torch's generator state), got {rng.dtype} of shape "
+                                  f"{tuple(rng.shape)}")
         now = {k: v for k, v in self.values.items() if k not in _RESUME_FREE}
         before = dict(state["settings"])
         if "data_sha256" in state:
             if state["data_sha256"] != self.splits.digest:
-                raise ValueError(
+                raise CheckpointError(
                     f"cannot resume {found}: the data differ from the original run's: {self.settings.data} encodes "
                     f"to sha256 {self.splits.digest[:16]}…, the run was trained on {state['data_sha256'][:16]}… "
                     f"(read from {before.get('data')}). Use the original data or another output directory.")
             now.pop("data", None)
             before.pop("data", None)
-        changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
-        if changed:
-            raise ValueError(f"cannot resume {found}: settings differ from the original run: " + "; ".join(
-                f"{k} {before.get(k)!r} → {now.get(k)!r}" for k in changed))
+        changed = check_resume_settings(found, before, now, self.settings.allow_setting_change)
         model, _ = load_lra_model(found)
-        self.model.load_state_dict(model.state_dict())
+        try:
+            self.model.load_state_dict(model.state_dict())
+        except RuntimeError as err:
+            raise CheckpointError(f"{found}: the model does not fit this run's ({err})") from None
         self.model.train()
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
+        restore_optimizer_and_schedule(found / "trainer.pt", self.optimizer, self.schedule, state["optimizer"],
+                                       state["schedule"], state["step"], changed)
+        if changed:
+            logger.warning("resuming %s with changed settings (allowed): %s", found,
+                           ", ".join(f"{k} {before.get(k)!r} → {now.get(k)!r}" for k in changed))
         for key in ("step", "epoch", "cursor", "rng_state", "best_accuracy", "best_step", "history",
                     "step_seconds", "eval_seconds"):
             setattr(self, key, state[key])
@@ -290,11 +295,12 @@ class LRATrainer:
         if self.settings.clip_norm:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_norm)
         self.optimizer.step()
+        lr = self.schedule.get_last_lr()[0]  # the rate this step used (step() below sets the next one's)
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.step_seconds.append(time.perf_counter() - start)
-        record = {"event": "train", "step": self.step, "loss": loss.item(), "lr": self.schedule.get_last_lr()[0],
+        record = {"event": "train", "step": self.step, "loss": loss.item(), "lr": lr,
                   "width": ids.shape[1], "accuracy": float((out.logits.argmax(-1) == labels).float().mean())}
         if extra is not None:
             record["penalty"] = float(extra.detach())
@@ -409,6 +415,9 @@ def run_lra(settings: LRASettings, on_event: Callable[[dict[str, Any]], None] | 
     """Train (or resume), keep the best dev checkpoint, score it on test; returns the summary.
 
     Writes into `settings.output_dir`: metrics.jsonl, best/, checkpoints/step-N/, results.json, curves.png.
+    The directory is held for the run (`bort.train.run_dir`): a second run into it is refused, and so is a
+    fresh run into one holding an earlier run's outputs, unless `resume` (same settings, or the changes
+    `allow_setting_change` names) or `overwrite` (those outputs are deleted first).
     `on_event` also receives every train/eval record.
     """
     start = time.perf_counter()
@@ -421,26 +430,32 @@ def run_lra(settings: LRASettings, on_event: Callable[[dict[str, Any]], None] | 
         if on_event is not None:
             on_event(record)
 
-    trainer = LRATrainer(settings, on_event=emit)
-    for row in trainer.splits.bad_rows:
-        logger.warning("skipped bad row: %s", row)
-    resumed = bool(settings.resume and trainer.resume())
-    if not resumed:
-        trainer.clear_outputs()
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        log = JsonlLogger(out / "metrics.jsonl", resume_step=trainer.step if resumed else None)
+    # Claimed before the data are read, so that a second run into the directory is refused at once.
+    run_dir = (claim_output_dir(out, ARTEFACTS, resume=settings.resume, overwrite=settings.overwrite)
+               if out is not None else None)
     try:
-        while not trainer.done:
-            trainer.train_steps(trainer.total - trainer.step)
-        summary = trainer.finish()
+        trainer = LRATrainer(settings, on_event=emit)
+        for row in trainer.splits.bad_rows:
+            logger.warning("skipped bad row: %s", row)
+        resumed = bool(settings.resume and trainer.resume())
+        if not resumed:
+            trainer.clear_outputs()  # a --resume that found no checkpoint: whatever else is there starts over
+        if out is not None:
+            log = JsonlLogger(out / "metrics.jsonl", resume_step=trainer.step if resumed else None)
+        try:
+            while not trainer.done:
+                trainer.train_steps(trainer.total - trainer.step)
+            summary = trainer.finish()
+        finally:
+            if log is not None:
+                log.close()
+        summary["wall_seconds"] = time.perf_counter() - start
+        summary["resumed"] = resumed
+        if out is not None:
+            summary["curves"] = str(plot_run(read_jsonl(out / "metrics.jsonl"), out / "curves.png",
+                                             f"{trainer.task.name} · {settings.attention}"))
+            atomic_write_text(out / "results.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        return summary
     finally:
-        if log is not None:
-            log.close()
-    summary["wall_seconds"] = time.perf_counter() - start
-    summary["resumed"] = resumed
-    if out is not None:
-        summary["curves"] = str(plot_run(read_jsonl(out / "metrics.jsonl"), out / "curves.png",
-                                         f"{trainer.task.name} · {settings.attention}"))
-        atomic_write_text(out / "results.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    return summary
+        if run_dir is not None:
+            run_dir.release()

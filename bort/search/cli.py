@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 
+from ..atomic import WriteError
 from .runner import SearchSettings, run_search
 from .space import SearchSpaceError
 
@@ -34,6 +35,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
       help="parameter size of the encoder, or without embeddings (the paper's effective size)")
     a("--exhaustive", action="store_true", help="evaluate every feasible candidate (reuses the cache)")
     a("--keep-runs", dest="keep_runs", action="store_true", help="keep each candidate's distillation directory")
+    a("--overwrite", action="store_true", help="discard an earlier search's cache/, runs/, log and reports in "
+                                               "--output-dir and start afresh (other files are kept)")
     a("--seed", type=int, default=None)
     a("--batch-size", dest="batch_size", type=int, default=None, help="distillation batch size of the truncated runs")
     a("--lr", type=float, default=None, help="distillation learning rate of the truncated runs")
@@ -48,7 +51,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         output_dir=args.output_dir, epsilon=args.epsilon, interval_steps=args.interval_steps,
         intervals=args.intervals, eval_batches=args.eval_batches, error_metric=args.error_metric,
         speed_mode=args.speed_mode, seed=args.seed, params_kind=args.params_kind, exhaustive=args.exhaustive,
-        keep_runs=args.keep_runs, progress=args.progress, distill=distill)
+        keep_runs=args.keep_runs, overwrite=args.overwrite, progress=args.progress, distill=distill)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
-    except (SearchSpaceError, ValueError, FileNotFoundError) as err:
+    except (SearchSpaceError, ValueError, FileNotFoundError, WriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -3,7 +3,10 @@
     bort search space.json --teacher TEACHER --train 'train/*.rec' --test 'test/*.rec' --output-dir out
 
 Every measurement is cached per candidate (`out/cache/`), so a killed search resumes where it stopped, and an
-exhaustive run (`--exhaustive`) over the same output directory reuses whatever the FPTAS already measured.
+exhaustive run (`--exhaustive`) over the same output directory reuses whatever the FPTAS already measured
+(entries measured under other settings are measured again, never mixed in). The output directory is held for
+the run (`bort.train.run_dir`: a second search into it is refused, naming the first one's pid); `overwrite`
+discards an earlier search's cache, runs and reports first.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..config import BortConfig
+from ..train.run_dir import claim_output_dir
 from .cache import CandidateCache, fingerprint
 from .error import ErrorSettings, truncated_error
 from .fptas import premise_violations, select
@@ -30,6 +34,9 @@ from .wcoef import References, WeightExponents, cheap_factor, w_coefficient, wit
 logger = logging.getLogger(__name__)
 
 PARAM_KINDS = ("encoder", "effective")
+# What a search writes into its output directory (removed by `overwrite`).
+ARTEFACTS = ("cache", "runs", "search_log.jsonl", "result.json", "ranking.md", "ranking.csv", "ranking.json",
+             "pareto.png", "best_config.json")
 # Errors of short runs differ by noise; a larger candidate counts against the premise only when its error is
 # more than this fraction above the smaller one's (the certified bound becomes (1 + τ)/(1 − ε)).
 PREMISE_TOLERANCE = 0.01
@@ -54,6 +61,7 @@ class SearchSettings:
     params_kind: str = "encoder"
     exhaustive: bool = False
     keep_runs: bool = False
+    overwrite: bool = False  # discard an earlier search's cache, runs and reports in output_dir
     progress: bool = True
     distill: dict[str, Any] = field(default_factory=dict)
 
@@ -158,6 +166,11 @@ def _ranked_rows(errors: dict[Candidate, float], base: BortConfig, params: dict[
 def run_search(settings: SearchSettings) -> dict[str, Any]:
     """Run (or resume) a search and write its reports; returns the summary also saved as `result.json`."""
     out = Path(settings.output_dir)
+    with claim_output_dir(out, ARTEFACTS, resume=not settings.overwrite, overwrite=settings.overwrite):
+        return _run_search(settings, out)
+
+
+def _run_search(settings: SearchSettings, out: Path) -> dict[str, Any]:
     teacher_cfg = _teacher_config(settings.teacher)
     space = load_space(settings.space, teacher_config=teacher_cfg)
     epsilon = float(_pick(settings.epsilon, space, "epsilon", 0.5))

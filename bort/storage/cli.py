@@ -5,7 +5,23 @@ import argparse
 import json
 import sys
 
+from .download import PART_SIZE, THREADS
 from .errors import StorageError
+from .verify import MiB
+
+
+def _positive_int(flag: str, maximum: int):
+    """An argparse type: an integer in [1, maximum], else a usage error naming the flag."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects an integer, got {text!r}") from None
+        if not 1 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{flag} must be between 1 and {maximum}, got {value}")
+        return value
+
+    return parse
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -18,12 +34,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def add_fetch_args(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Download an object (or every object under a prefix) from S3, resuming DEST.part after "
-                          "an interruption and verifying it (.sha256 sidecar or ETag) before renaming it to DEST.")
+    parser.description = ("Download an object (or every object under a prefix) from S3 with parallel ranged GETs, "
+                          "resuming only the missing parts of DEST.part after an interruption and verifying it "
+                          "(.sha256 sidecar or ETag) before renaming it to DEST. Keys that would not map to a file "
+                          "inside DEST ('..', '//', ...) are refused before anything is written.")
     parser.add_argument("url", help="s3://BUCKET/KEY (an object) or s3://BUCKET/PREFIX/ (a directory)")
     parser.add_argument("dest", nargs="?", default=None,
                         help="file or directory (default: the key's name in the current directory)")
     parser.add_argument("--restart", action="store_true", help="discard a partial download and start over")
+    parser.add_argument("--threads", type=_positive_int("--threads", 256), default=THREADS,
+                        help=f"parallel ranged GETs (default {THREADS})")
+    parser.add_argument("--part-size-mib", type=_positive_int("--part-size-mib", 5 * 1024), default=PART_SIZE // MiB,
+                        help=f"MiB per part: progress is recorded per part, so an interrupted download resumes "
+                             f"with only the missing parts (default {PART_SIZE // MiB})")
     _common(parser)
 
 
@@ -43,7 +66,8 @@ def run_fetch(args: argparse.Namespace) -> int:
     try:
         path, results = fetch_any(args.url, args.dest, endpoint_url=args.endpoint_url,
                                   no_sign_request=args.no_sign_request or None, retries=args.retries,
-                                  progress=progress, restart=args.restart)
+                                  progress=progress, restart=args.restart, threads=args.threads,
+                                  part_size=args.part_size_mib * MiB)
     except StorageError as err:
         print(f"bort fetch: error: {err}", file=sys.stderr)
         return 2
@@ -52,6 +76,8 @@ def run_fetch(args: argparse.Namespace) -> int:
                       "bytes_transferred": sum(r.bytes_transferred for r in results),
                       "resumed_from": sum(r.resumed_from for r in results),
                       "verified": sorted({r.verified for r in results}),
+                      "parts": sum(r.parts for r in results), "threads": max(r.threads for r in results),
+                      "requests": sum(r.requests for r in results),
                       "seconds": round(sum(r.seconds for r in results), 3)}))
     return 0
 

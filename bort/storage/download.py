@@ -1,36 +1,49 @@
-"""Pull one S3 object to a local file: ranged resume of `DEST.part`, verification, atomic rename.
+"""Pull one S3 object to a local file: parallel ranged GETs into `DEST.part`, resume of the missing ranges,
+verification, atomic rename.
 
-A download streams into `DEST.part`; `DEST.part.json` records which object (ETag, size) those bytes belong
-to, so a later call resumes with a ranged GET (`Range: bytes=N-`, `If-Match: ETag`) only when the object is
-unchanged. A broken stream is retried with backoff from where it stopped. Only bytes that verify (sidecar or
-ETag) are renamed to DEST; on a mismatch they stay in `DEST.part` and DEST is never touched.
-
-One sequential stream is used on purpose: the partial file is then always a valid prefix (resume needs no
-bookkeeping of holes), and it is as fast as boto3's parallel ranged transfer on a local server
-(see bench/s3_transfer.py).
+`DEST.part` is preallocated to the object's size and filled by a pool of threads, each streaming one ranged
+GET (`Range: bytes=A-B`, with `If-Match: ETag` so that bytes of a replaced object are refused) into the file
+at its offset. `DEST.part.json` (see ranges.py) records which object the bytes belong to and which intervals
+are on disk, so a later call — after a broken connection, Ctrl-C or `kill -9` — asks only for the missing
+ranges, and only while the object is unchanged. A broken stream is retried with backoff from the byte where
+it stopped. Meanwhile the calling thread hashes the file in order as far as it is complete, for the
+`.sha256` sidecar or the ETag; only bytes that verify are renamed to DEST: on a mismatch they stay in
+`DEST.part` and DEST is never touched. A lock beside DEST (see lock.py) makes processes fetching the same
+destination download it once. Paths derived from the key are confined to the destination (see paths.py).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import NotFoundError, StorageError, TransferError
+from .lock import destination_lock
+from .paths import PART_SUFFIX, PROGRESS_SUFFIX, confined_path
+from .ranges import Progress
 from .s3 import S3Url, backoff_delay, error_code, is_transient, make_client, parse_s3_url, translate
 from .verify import MiB, PART_SIZE_META, Verifier, parse_sha256_sidecar, plan_verification
 
 logger = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".sha256"
+PART_SIZE = 8 * MiB  # progress is recorded per part: at most this much per stream is lost to a kill -9
+THREADS = 8  # parallel ranged GETs
+MAX_RUN_PARTS = 16  # one GET spans at most this many parts (128 MiB at the default part size)
+HASH_BLOCK = 4 * MiB
 
 
 @dataclass
 class FetchResult:
-    """What a fetch did: where the file is, how many bytes came over the network, how it was verified."""
+    """What a fetch did: where the file is, how many bytes came over the network, how it was verified, and
+    how: the object's part count at the part size used, the threads and the ranged GETs issued."""
 
     url: str
     dest: Path
@@ -41,6 +54,9 @@ class FetchResult:
     verified: str
     seconds: float
     skipped: bool = False
+    parts: int = 0
+    threads: int = 0
+    requests: int = 0
 
 
 def head_object(client: Any, url: S3Url, **extra: Any) -> dict[str, Any]:
@@ -90,132 +106,270 @@ def part_size_of(client: Any, url: S3Url, head: dict[str, Any]) -> int | None:
 
 
 def resolve_dest(url: S3Url, dest: str | os.PathLike | None) -> Path:
-    """DEST as given; an existing directory (or a path ending in "/") gets the key's file name."""
+    """DEST as given; with no DEST, or an existing directory (or a path ending in "/"), the key's last segment,
+    which must then be a plain file name (UnsafeKeyError otherwise: e.g. a key ending in `/..`)."""
     name = url.key.rsplit("/", 1)[-1]
     if dest is None:
-        return Path(name)
+        return confined_path(Path("."), name, action="fetch", url=str(url), key=url.key)
     if str(dest).endswith(("/", os.sep)) or Path(dest).is_dir():
-        return Path(dest) / name
+        return confined_path(Path(dest), name, action="fetch", url=str(url), key=url.key)
     return Path(dest)
 
 
 def fetch(url: str | S3Url, dest: str | os.PathLike | None = None, *, client: Any = None,
           endpoint_url: str | None = None, no_sign_request: bool | None = None, retries: int = 5,
           backoff: float = 0.5, chunk_size: int = MiB, progress: bool | None = None, restart: bool = False,
-          verify: bool = True, skip_existing: bool = False,
-          callback: Callable[[int], None] | None = None) -> FetchResult:
+          verify: bool = True, skip_existing: bool = False, callback: Callable[[int], None] | None = None,
+          part_size: int = PART_SIZE, threads: int = THREADS) -> FetchResult:
     """Download `s3://BUCKET/KEY` to `dest` (default: the key's file name), resuming `DEST.part`.
 
-    `retries` consecutive broken streams are retried (backoff `backoff`·2^n seconds, jittered); any byte
-    received resets the count. `restart` discards a partial download. `skip_existing` returns at once if
-    DEST already holds an object of this size whose ETag was recorded by a previous fetch (the cache's use).
-    `callback(n)` is called with each chunk's byte count (progress hooks, tests). Raises NotFoundError,
-    AccessDeniedError, NoCredentialsError, ChecksumMismatchError, ObjectChangedError or TransferError.
+    `threads` ranged GETs run at once; progress is recorded every `part_size` bytes of each (a resumed
+    download keeps the part size it started with). `retries` consecutive failures of one stream are retried
+    (backoff `backoff`·2^n seconds, jittered); any byte received resets its count. `restart` discards a
+    partial download. `skip_existing` returns at once if DEST already holds an object of this size whose ETag
+    was recorded by a previous fetch (the cache's use). `callback(n)` is called with each chunk's byte count,
+    from the download threads (progress hooks, tests). Raises NotFoundError, AccessDeniedError,
+    NoCredentialsError, ChecksumMismatchError, ObjectChangedError, TransferError, UnsafeKeyError (a key that
+    cannot name a local file) or StorageError (e.g. the local disk is full).
     """
     url = parse_s3_url(url) if isinstance(url, str) else url
     if not url.key or url.key.endswith("/"):
         raise StorageError(f"fetch {url}: not an object key (use fetch_prefix for a prefix)")
-    client = client or make_client(endpoint_url, no_sign_request)
+    for name, value in (("part_size", part_size), ("threads", threads), ("chunk_size", chunk_size)):
+        if type(value) is not int or value < 1:
+            raise ValueError(f"fetch {url}: {name} must be a positive integer, got {value!r}")
+    client = client or make_client(endpoint_url, no_sign_request, pool_size=max(10, threads))
     start = time.perf_counter()
     head = head_object(client, url)
-    size, etag = int(head["ContentLength"]), str(head.get("ETag", "")).strip('"')
     dest = resolve_dest(url, dest)
-    part, meta_path = dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".part.json")
+    with _local(url, "create the directory", dest.parent):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    with destination_lock(dest, str(url)):
+        return _fetch_locked(client, url, head, dest, start, retries=retries, backoff=backoff,
+                             chunk_size=chunk_size, progress=progress, restart=restart, verify=verify,
+                             skip_existing=skip_existing, callback=callback, part_size=part_size,
+                             threads=threads)
+
+
+def _fetch_locked(client: Any, url: S3Url, head: dict[str, Any], dest: Path, start: float, *, retries: int,
+                  backoff: float, chunk_size: int, progress: bool | None, restart: bool, verify: bool,
+                  skip_existing: bool, callback: Callable[[int], None] | None, part_size: int,
+                  threads: int) -> FetchResult:
+    """`fetch` once DEST's lock is held: nobody else writes DEST, its `.part` or its records meanwhile."""
+    size, etag = int(head["ContentLength"]), str(head.get("ETag", "")).strip('"')
+    part, meta_path = dest.with_name(dest.name + PART_SUFFIX), dest.with_name(dest.name + PROGRESS_SUFFIX)
     record = {"url": str(url), "etag": etag, "size": size}
     done_path = dest.with_name("." + dest.name + ".s3.json")
     if skip_existing and dest.is_file() and dest.stat().st_size == size and _read_json(done_path) == record:
+        # Another process may have fetched it while this one waited for the lock: reuse, no transfer.
         return FetchResult(str(url), dest, size, etag, 0, size, "cached", time.perf_counter() - start, skipped=True)
 
     sidecar = read_sidecar(client, url) if verify else None
     verifier = (plan_verification(head, sidecar, part_size_of(client, url, head) if not sidecar else None)
                 if verify else Verifier("none", size=size))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    offset = 0
-    if not restart and part.is_file() and _read_json(meta_path) == record and part.stat().st_size <= size:
-        offset = part.stat().st_size
-    else:
-        part.unlink(missing_ok=True)
-        meta_path.write_text(json.dumps(record) + "\n")
-    resumed_from = offset
-    transferred = 0
+    with _local(url, "prepare", part):
+        if restart:
+            part.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
+        state = Progress.resume(meta_path, part, record, part_size)
+        resumed_from = state.received
+        if not resumed_from:
+            part.unlink(missing_ok=True)  # bytes of another object, or of another version of this one
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
     from tqdm import tqdm
 
-    bar = tqdm(total=size, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+    bar = tqdm(total=size, initial=resumed_from, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
                disable=(not progress) if progress is not None else None, leave=False)
     try:
-        with open(part, "ab" if offset else "wb") as out:
-            if offset:
-                _hash_prefix(part, offset, verifier)
-            failures = 0
-            while offset < size:
-                try:
-                    got = _stream(client, url, etag, offset, size, out, verifier, chunk_size, bar, callback)
-                except Exception as err:  # noqa: BLE001
-                    out.flush()
-                    got = out.tell() - offset
-                    offset, transferred = offset + got, transferred + got
-                    failures = 0 if got else failures + 1
-                    if not is_transient(err) or failures > retries:
-                        if is_transient(err):
-                            raise TransferError(f"fetch {url}: the transfer failed {failures} times in a row "
-                                                f"({type(err).__name__}: {err}); {offset} of {size} bytes are kept "
-                                                f"in {part}: run again to resume") from err
-                        raise translate(err, url, "fetch") from err
-                    logger.info("fetch %s: %s at byte %d, retrying", url, type(err).__name__, offset)
-                    time.sleep(backoff_delay(failures, backoff))
-                    continue
-                offset, transferred = offset + got, transferred + got
-            out.flush()
-            os.fsync(out.fileno())
+        with _local(url, f"allocate {size} bytes for", part):
+            _preallocate(fd, size)
+            state.save()
+        transfer = _RangedTransfer(client, url, etag, fd, part, state, verifier, chunk_size=chunk_size,
+                                   retries=retries, backoff=backoff, bar=bar, callback=callback)
+        transfer.run(threads)
+        with _local(url, "flush", part):
+            os.fsync(fd)
     finally:
+        os.close(fd)
         bar.close()
     verified = verifier.check(part, str(url))
-    os.replace(part, dest)
-    meta_path.unlink(missing_ok=True)
-    if skip_existing:  # remember which object DEST holds, so the next call can skip the download
-        done_path.write_text(json.dumps(record) + "\n")
-    return FetchResult(str(url), dest, size, etag, transferred, resumed_from, verified, time.perf_counter() - start)
+    with _local(url, "rename the verified download to", dest):
+        os.replace(part, dest)
+        meta_path.unlink(missing_ok=True)
+        if skip_existing:  # remember which object DEST holds, so the next call can skip the download
+            done_path.write_text(json.dumps(record) + "\n")
+    return FetchResult(str(url), dest, size, etag, transfer.transferred, resumed_from, verified,
+                       time.perf_counter() - start, parts=state.parts(), threads=transfer.threads,
+                       requests=transfer.requests)
 
 
-def _stream(client: Any, url: S3Url, etag: str, offset: int, size: int, out: Any, verifier: Verifier,
-            chunk_size: int, bar: Any, callback: Callable[[int], None] | None) -> int:
-    """One ranged GET from `offset` to the end, appended to `out`; returns the bytes written.
+class _RangedTransfer:
+    """The parallel ranged GETs of one download, and the in-order hashing of what they wrote."""
 
-    If-Match makes S3 refuse (412) rather than send bytes of a different object version."""
-    response = client.get_object(Bucket=url.bucket, Key=url.key, Range=f"bytes={offset}-", IfMatch=f'"{etag}"')
-    written = 0
-    body = response["Body"]
+    def __init__(self, client: Any, url: S3Url, etag: str, fd: int, part: Path, state: Progress,
+                 verifier: Verifier, *, chunk_size: int, retries: int, backoff: float, bar: Any,
+                 callback: Callable[[int], None] | None) -> None:
+        self.client, self.url, self.etag, self.fd, self.part = client, url, etag, fd, part
+        self.state, self.verifier, self.chunk_size = state, verifier, chunk_size
+        self.retries, self.backoff, self.bar, self.callback = retries, backoff, bar, callback
+        self.stop = threading.Event()  # set on the first failure: the other streams end early
+        self._counter = threading.Lock()
+        self.transferred = self.requests = self.threads = 0
+        self.hashed = 0  # bytes fed to the verifier, from the start of the object
+
+    def run(self, threads: int) -> None:
+        """Fetch every missing range, hashing meanwhile; raise on the first stream that fails for good."""
+        runs = self.state.plan(threads, MAX_RUN_PARTS)
+        if runs:
+            self.threads = min(threads, len(runs))
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="bort-fetch") as pool:
+                futures = [pool.submit(self._stream, start, end) for start, end in runs]
+                try:
+                    self._await(futures)
+                except BaseException as err:
+                    self.stop.set()
+                    wait(futures)  # every stream records how far it got before the record is saved
+                    self.state.save()
+                    if isinstance(err, Exception) and not isinstance(err, StorageError):
+                        if is_transient(err):
+                            raise TransferError(
+                                f"fetch {self.url}: the transfer failed {self.retries + 1} times in a row "
+                                f"({type(err).__name__}: {err}); {self.state.received} of {self.state.size} bytes "
+                                f"are kept in {self.part}: run again to resume") from err
+                        raise translate(err, self.url, "fetch") from err
+                    raise
+        self._hash_available()
+        missing = self.state.missing()
+        if missing or (self.verifier.streaming and self.hashed != self.state.size):
+            raise StorageError(f"fetch {self.url}: internal error: bytes {missing} of {self.part} were not "
+                               f"received (hashed {self.hashed} of {self.state.size}); run again to resume")
+
+    def _await(self, futures: list[Future]) -> None:
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.05, return_when=FIRST_EXCEPTION)
+            for future in done:
+                if future.exception() is not None:
+                    raise future.exception()
+            self._hash_available()
+
+    def _hash_available(self) -> None:
+        """Feed the verifier the bytes on disk from where it stopped to the first missing one (read back:
+        streams finish out of order, and bytes kept from an earlier run must be checked too)."""
+        if not self.verifier.streaming:
+            return
+        end = self.state.contiguous_end(self.hashed)
+        if self.hashed < end:
+            os.lseek(self.fd, self.hashed, os.SEEK_SET)
+        while self.hashed < end:
+            chunk = os.read(self.fd, min(HASH_BLOCK, end - self.hashed))
+            if not chunk:
+                raise StorageError(f"fetch {self.url}: {self.part} ends at byte {self.hashed}, before the "
+                                   f"{self.state.size} bytes it was allocated (truncated by another program?)")
+            self.verifier.update(chunk)
+            self.hashed += len(chunk)
+
+    def _stream(self, start: int, end: int) -> None:
+        """Bytes [start, end) of the object into the file: one ranged GET, continued after a broken stream."""
+        part_size = self.state.part_size
+        pos = recorded = start
+        next_save = (start // part_size + 1) * part_size
+        failures = 0
+        try:
+            out = open(self.part, "r+b", buffering=0)  # a handle per stream: each writes its range in order
+        except OSError as err:
+            raise StorageError(f"fetch {self.url}: cannot open {self.part}: {err.strerror or err}") from err
+        try:
+            while pos < end and not self.stop.is_set():
+                before = pos
+                try:
+                    with self._counter:
+                        self.requests += 1
+                    response = self.client.get_object(Bucket=self.url.bucket, Key=self.url.key,
+                                                      Range=f"bytes={pos}-{end - 1}", IfMatch=f'"{self.etag}"')
+                    self._check_range(response, pos, end)
+                    out.seek(pos)
+                    body = response["Body"]
+                    try:
+                        for chunk in body.iter_chunks(self.chunk_size):
+                            take = memoryview(chunk)[: end - pos]  # never past the range asked for
+                            self._write(out, take, pos)
+                            pos += len(take)
+                            self._count(len(take))
+                            if pos >= next_save or pos >= end:  # a part is complete: persist the progress
+                                self.state.add(recorded, pos)
+                                recorded, next_save = pos, (pos // part_size + 1) * part_size
+                            if pos >= end or self.stop.is_set():
+                                break
+                    finally:
+                        body.close()
+                    if pos < end and not self.stop.is_set():
+                        raise ConnectionError(f"stream ended at byte {pos}, expected {end}")
+                except Exception as err:  # noqa: BLE001 - sorted out below
+                    self.state.add(recorded, pos, save=False)
+                    recorded = pos
+                    failures = 0 if pos > before else failures + 1
+                    if not is_transient(err) or failures > self.retries:
+                        raise
+                    logger.info("fetch %s: %s at byte %d, retrying", self.url, type(err).__name__, pos)
+                    time.sleep(backoff_delay(failures, self.backoff))
+        finally:
+            out.close()
+            self.state.add(recorded, pos, save=False)  # exact, for the record saved when the transfer ends
+
+    def _check_range(self, response: dict[str, Any], pos: int, end: int) -> None:
+        """The bytes must be those asked for: a server that ignores Range would send the object from 0."""
+        content_range = response.get("ContentRange")
+        if content_range is None and pos == 0:
+            return
+        if content_range is None or not str(content_range).startswith(f"bytes {pos}-"):
+            response["Body"].close()
+            raise StorageError(f"fetch {self.url}: asked for bytes {pos}-{end - 1} but the server answered "
+                               f"Content-Range {content_range!r}; it does not support ranged downloads")
+
+    def _write(self, out: Any, data: memoryview, offset: int) -> None:
+        """All of `data` at the handle's position (`offset`: for the message); a full disk names the file."""
+        while len(data):
+            try:
+                written = out.write(data)
+            except OSError as err:
+                raise StorageError(f"fetch {self.url}: cannot write {self.part} at byte {offset}: "
+                                   f"{err.strerror or err}") from err
+            data, offset = data[written:], offset + written
+
+    def _count(self, n: int) -> None:
+        with self._counter:
+            self.transferred += n
+            self.bar.update(n)
+        if self.callback is not None:
+            self.callback(n)
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Give the file its final size; reserve the blocks where the file system can (a full disk fails here,
+    before the download, rather than midway)."""
+    os.ftruncate(fd, size)
+    if size and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as err:
+            import errno
+
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+
+
+@contextmanager
+def _local(url: S3Url, what: str, path: Path) -> Iterator[None]:
+    """A local file-system failure (permissions, a full disk) as a StorageError naming the path."""
     try:
-        for chunk in body.iter_chunks(chunk_size):
-            left = size - offset - written
-            take = chunk if len(chunk) <= left else chunk[:left]  # never write past the object's length
-            out.write(take)
-            verifier.update(take)
-            written += len(take)
-            bar.update(len(take))
-            if callback is not None:
-                callback(len(take))
-    except BaseException:
-        out.flush()
-        raise
-    finally:
-        body.close()
-    if offset + written < size:
-        raise ConnectionError(f"stream ended at byte {offset + written} of {size}")
-    return written
-
-
-def _hash_prefix(part: Path, length: int, verifier: Verifier) -> None:
-    """Feed the bytes already in `part` to the verifier (a resumed download is verified whole)."""
-    with open(part, "rb") as handle:
-        remaining = length
-        while remaining and (chunk := handle.read(min(4 * MiB, remaining))):
-            verifier.update(chunk)
-            remaining -= len(chunk)
+        yield
+    except OSError as err:
+        raise StorageError(f"fetch {url}: cannot {what} {path}: {err.strerror or err}") from err
 
 
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None

@@ -31,3 +31,9 @@ class ObjectChangedError(StorageError):
 
 class TransferError(StorageError):
     """The connection failed more times in a row than the retry budget allows; the partial file is kept."""
+
+
+class UnsafeKeyError(StorageError):
+    """A key (or a URL) names a local path that would land outside its destination directory, or that is not a
+    plain relative path (`..`, `.`, empty segments, an absolute path, a backslash, a control character, one of
+    our own bookkeeping names). Nothing is downloaded: a prefix with one such key is refused whole."""

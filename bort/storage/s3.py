@@ -51,11 +51,12 @@ def parse_s3_url(url: str) -> S3Url:
 
 
 def make_client(endpoint_url: str | None = None, no_sign_request: bool | None = None,
-                max_attempts: int | None = None, pool_size: int = 10) -> Any:
+                max_attempts: int | None = None, pool_size: int = 10, connect_timeout: float = 10) -> Any:
     """A boto3 S3 client. `no_sign_request` (default: the BORT_S3_NO_SIGN_REQUEST variable) sends anonymous
     requests, as public buckets need when no credentials exist. botocore retries throttling and 5xx replies
     itself (`max_attempts`, default AWS_MAX_ATTEMPTS or 3, "standard" mode); broken streams are retried by
-    the callers, which know how to resume."""
+    the callers, which know how to resume. `pool_size` connections may be open at once (one per thread of a
+    parallel transfer); `connect_timeout` seconds bound each attempt to reach the endpoint."""
     import boto3
     from botocore import UNSIGNED
     from botocore.config import Config
@@ -67,7 +68,7 @@ def make_client(endpoint_url: str | None = None, no_sign_request: bool | None = 
     if max_attempts is not None:
         retries["max_attempts"] = max_attempts
     config = Config(retries=retries, max_pool_connections=pool_size,
-                    connect_timeout=10, read_timeout=60,
+                    connect_timeout=connect_timeout, read_timeout=60,
                     signature_version=UNSIGNED if no_sign_request else None)
     # Without a configured region botocore refuses to sign; S3 redirects to the right one anyway.
     region = session.region_name or "us-east-1"
@@ -136,6 +137,22 @@ def is_transient(err: BaseException) -> bool:
         pass
     code = error_code(err)
     return code in ("500", "502", "503", "504", "InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout")
+
+
+def is_unreachable(err: BaseException) -> bool:
+    """True if `err` (or what it was raised from) means the endpoint could not be reached at all: connection
+    refused, no route, DNS failure or a connect timeout — not a failure of one request on a live server."""
+    from botocore import exceptions as bexc
+
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        inner = _unwrap(current)
+        if isinstance(inner, (bexc.EndpointConnectionError, bexc.ConnectTimeoutError)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def backoff_delay(attempt: int, base: float, cap: float = 30.0) -> float:

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import StorageError
+from .multipart import MultipartJournal
 from .s3 import S3Url, make_client, parse_s3_url, with_retries
 from .verify import MiB, PART_SIZE_META, sha256_of
 
 logger = logging.getLogger(__name__)
 
 PART_SIZE = 8 * MiB  # boto3's and the AWS CLI's default, so the ETags look like theirs
+
+
+class PushCancelledError(StorageError):
+    """The push was cancelled (`cancel` set, e.g. by a closing CheckpointUploader); its uploads are aborted."""
 
 
 @dataclass
@@ -44,13 +50,16 @@ def plan_keys(path: Path, url: S3Url) -> list[tuple[Path, S3Url]]:
 
 def push(path: str | os.PathLike, url: str | S3Url, *, client: Any = None, endpoint_url: str | None = None,
          no_sign_request: bool | None = None, retries: int = 5, backoff: float = 0.5, part_size: int = PART_SIZE,
-         progress: bool | None = None, sidecar: bool = True, callback: Callable[[int], None] | None = None
-         ) -> PushResult:
+         progress: bool | None = None, sidecar: bool = True, callback: Callable[[int], None] | None = None,
+         cancel: threading.Event | None = None) -> PushResult:
     """Upload the file or directory `path` to `s3://BUCKET/PREFIX` (see `plan_keys` for the names).
 
-    Transient failures are retried `retries` times with backoff (a retried file is sent again whole; parts
-    of a failed multipart upload are aborted by boto3). Raises NotFoundError (no bucket), AccessDeniedError,
-    NoCredentialsError or StorageError."""
+    Transient failures are retried `retries` times with backoff (a retried file is sent again whole). Every
+    multipart upload the push started and did not complete — a failed attempt, or all of them when the push
+    fails or is interrupted — is aborted before it returns (see multipart.py), so no orphaned parts stay on
+    the server; one that cannot be aborted is named in the error. Setting `cancel` stops the push within a
+    chunk (PushCancelledError). Raises NotFoundError (no bucket), AccessDeniedError, NoCredentialsError or
+    StorageError."""
     from boto3.s3.transfer import TransferConfig
     from tqdm import tqdm
 
@@ -66,27 +75,50 @@ def push(path: str | os.PathLike, url: str | S3Url, *, client: Any = None, endpo
                disable=(not progress) if progress is not None else None, leave=False)
 
     def sent(n: int) -> None:
+        if cancel is not None and cancel.is_set():
+            raise PushCancelledError(f"push {url}: cancelled")  # fails the part: the upload gets aborted
         bar.update(n)
         if callback is not None:
             callback(n)
 
+    abort_attempts = max(retries, 2) + 1  # an abort is worth a few tries even when transfers get none
     try:
-        for local, target in pairs:
-            digest = sha256_of(local) if sidecar else None
-            extra = {"Metadata": {PART_SIZE_META: str(part_size)}}
-
-            def upload() -> None:
-                client.upload_file(str(local), target.bucket, target.key, ExtraArgs=extra, Config=config,
-                                   Callback=sent)
-
-            with_retries(upload, retries, backoff, target, "push")
-            if digest is not None:
-                with_retries(lambda: client.put_object(Bucket=target.bucket, Key=target.key + ".sha256",
-                                                       Body=f"{digest}  {local.name}\n".encode()),
-                             retries, backoff, target, "push")
-            result.urls.append(str(target))
-            result.bytes_transferred += local.stat().st_size
+        with MultipartJournal(client, {(target.bucket, target.key) for _, target in pairs}) as journal:
+            try:
+                for local, target in pairs:
+                    if cancel is not None and cancel.is_set():
+                        raise PushCancelledError(f"push {url}: cancelled before {target}")
+                    _push_file(client, local, target, config, sent, retries, backoff, part_size, sidecar)
+                    result.urls.append(str(target))
+                    result.bytes_transferred += local.stat().st_size
+            except BaseException as err:
+                leftovers = journal.abort_open(abort_attempts, backoff)
+                if leftovers and isinstance(err, StorageError):
+                    raise type(err)(f"{err}; {len(leftovers)} unfinished multipart upload(s) could not be "
+                                    f"aborted: {'; '.join(leftovers)}") from err
+                for leftover in leftovers:
+                    logger.warning("push %s: an unfinished multipart upload is left: %s", url, leftover)
+                raise
+            # a retried file's failed attempt may have left an upload open that boto3 could not abort
+            for leftover in journal.abort_open(abort_attempts, backoff):
+                logger.warning("push %s: an unfinished multipart upload is left: %s", url, leftover)
     finally:
         bar.close()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _push_file(client: Any, local: Path, target: S3Url, config: Any, sent: Callable[[int], None], retries: int,
+               backoff: float, part_size: int, sidecar: bool) -> None:
+    """One file (multipart above `part_size`), then its `.sha256` sidecar, each retried on transient errors."""
+    digest = sha256_of(local) if sidecar else None
+    extra = {"Metadata": {PART_SIZE_META: str(part_size)}}
+
+    def upload() -> None:
+        client.upload_file(str(local), target.bucket, target.key, ExtraArgs=extra, Config=config, Callback=sent)
+
+    with_retries(upload, retries, backoff, target, "push")
+    if digest is not None:
+        with_retries(lambda: client.put_object(Bucket=target.bucket, Key=target.key + ".sha256",
+                                               Body=f"{digest}  {local.name}\n".encode()),
+                     retries, backoff, target, "push")

@@ -90,6 +90,12 @@ class Verifier:
         elif self.kind == "multipart":
             self._hasher = PartMd5(self.part_size)
 
+    @property
+    def streaming(self) -> bool:
+        """True if `check` needs every byte passed to `update` in order; False if it reads the file itself
+        ("multipart-guess") or checks nothing ("none")."""
+        return self._hasher is not None
+
     def update(self, data: bytes | memoryview) -> None:
         if self._hasher is not None:
             self._hasher.update(data)

@@ -4,10 +4,15 @@ A task reads its files from its own directory (`<root>/glue/SST-2`, `<root>/supe
 original formats, turns each row into one or more `Example`s, scores predictions with the official metrics
 (`bort.data.metrics`) and writes the leaderboard file. Malformed rows are never dropped silently: by default
 the first one stops the read with a `TaskDataError` naming file and line; with `skip_bad_rows=True` each is
-recorded in `ExampleList.bad_rows` (and logged) and the read goes on.
+recorded in `ExampleList.bad_rows` (and logged) and the read goes on. A row is bad when it cannot be parsed
+or a field has the wrong type (null, a number where text is expected, a list of the wrong length), a label
+out of range, or text a tokenizer cannot encode. A split that yields no example at all (an empty or
+header-only file, or every row bad) is a `TaskDataError` naming the files, for every split (see
+`Task._no_examples_error`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import operator
 from dataclasses import dataclass, field
@@ -25,6 +30,9 @@ __all__ = [
     "TaskDataError",
     "RowError",
     "BadRowSink",
+    "check_text",
+    "describe_value",
+    "parse_json_row",
     "Task",
     "iter_lines",
     "iter_rows",
@@ -80,7 +88,44 @@ class TaskDataError(ValueError):
 
 
 class RowError(Exception):
-    """Raised by a row parser for one malformed row; the reader turns it into a `BadRow` or `TaskDataError`."""
+    """Raised by a row parser for one malformed row; the reader turns it into a `BadRow` or `TaskDataError`.
+    `line`: the line within the row's text where the problem is, when known (multi-line JSON files)."""
+
+    def __init__(self, reason: str, line: int | None = None) -> None:
+        super().__init__(reason)
+        self.line = line
+
+
+def parse_json_row(text: str) -> Any:
+    """`json.loads(text)`, every failure a `RowError`: malformed JSON (with its line and column), numbers
+    too long to convert, and nesting too deep for the decoder (which Python reports as a RecursionError)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RowError(f"broken JSON ({err.msg} at column {err.colno})", line=err.lineno) from None
+    except RecursionError:
+        raise RowError("JSON nested too deeply to decode") from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise RowError(f"bad JSON value ({err})") from None
+
+
+def check_text(value: Any, name: str) -> str:
+    """`value` as the text of field `name`: a string the tokenizer can encode. JSON may spell lone UTF-16
+    surrogates (`"\\ud800"`), which Python keeps in a str but no tokenizer accepts; they are a bad row."""
+    if not isinstance(value, str):
+        raise RowError(f"field {name!r} must be a string, got {describe_value(value)}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise RowError(f"field {name!r} holds a lone surrogate {value[err.start]!r} at character "
+                           f"{err.start}, which is not text") from None
+    return value
+
+
+def describe_value(value: Any) -> str:
+    """A decoded JSON value's type and a short preview, for messages: `null`, `int '7'`, `list '[1, 2]'`."""
+    return "null" if value is None else f"{type(value).__name__} {str(value)[:40]!r}"
 
 
 class BadRowSink:
@@ -196,6 +241,8 @@ class Task:
                 seen[example.guid] = (path, line)
                 examples.append(example)
         examples.bad_rows = sink.rows
+        if not examples:
+            raise self._no_examples_error(paths, split, sink.rows)
         if sink.rows:
             shown = "; ".join(str(r) for r in sink.rows[:3])
             more = f" (and {len(sink.rows) - 3} more)" if len(sink.rows) > 3 else ""
@@ -205,6 +252,18 @@ class Task:
     def _read_file(self, path: Path, split: str, sink: BadRowSink) -> Iterator[tuple[int, Example]]:
         """Yield (line, example) for each good row of `path`; report bad rows to `sink`."""
         raise NotImplementedError
+
+    def _no_examples_error(self, paths: list[Path], split: str, bad_rows: list[BadRow]) -> TaskDataError:
+        """A split without a single example is an error whatever the split: training needs examples, scoring
+        needs them, and an empty leaderboard file is rejected. Failing here, before any training, beats a
+        run that trains for hours and then crashes or writes an empty submission."""
+        files = ", ".join(map(str, paths[:3])) + (f" (and {len(paths) - 3} more files)" if len(paths) > 3 else "")
+        if bad_rows:
+            return TaskDataError(f"{self.name} {split} split: no usable example in {files}: all {len(bad_rows)} "
+                                 f"row(s) are bad, the first: {bad_rows[0]}")
+        hint = "; remove the file to fine-tune without a test submission" if split == "test" else ""
+        return TaskDataError(f"{self.name} {split} split: {files} holds no examples (the file is empty or has "
+                             f"only a header or blank lines); expected at least one row{hint}")
 
     # ------------------------------------------------------------------------------------------ labels
     def label_index(self, value: str) -> int:

@@ -17,6 +17,10 @@ Splits and files (in the task directory, e.g. `<root>/glue/MNLI`):
 
 Inputs: single sentences are `text_a`; pairs are (`text_a`, `text_b`) in the files' order (QNLI: question,
 sentence). Label orders follow the original Bort/GluonNLP task definitions.
+
+STS-B scores are means of 0-5 similarity ratings, so a score outside [0, 5] is a bad row like an unknown
+label (stopped at, or skipped and counted with `skip_bad_rows`), not a warning: such a value comes from a
+shifted column or a rescaled copy of the data, and a regression head trained on it learns the wrong scale.
 """
 from __future__ import annotations
 
@@ -54,8 +58,10 @@ class GlueTask(Task):
 
     def __init__(self, name: str, subdir: str, kind: str, labels: tuple[str, ...] | None,
                  metrics: tuple[str, ...], main_metric: str, files: dict[str, tuple[str, ...]],
-                 layouts: dict[str, TsvLayout], submission_name: str) -> None:
+                 layouts: dict[str, TsvLayout], submission_name: str,
+                 score_range: tuple[float, float] = (-math.inf, math.inf)) -> None:
         self.name = name
+        self.score_range = score_range
         self.default_subdir = f"glue/{subdir}"
         self.kind = kind
         self.labels = labels
@@ -87,8 +93,11 @@ class GlueTask(Task):
         width = layout.columns
         if layout.has_header:
             first = next(lines, None)
-            if first is None or first[1] is None or not first[1].strip():
-                raise _header_error(path, "an empty or unreadable header line")
+            if first is None:
+                return  # an empty file: no rows (`Task.read` reports a split without examples)
+            if first[1] is None or not first[1].strip():
+                raise _header_error(path, "a header line of tab-separated column names, found "
+                                          + ("a line that is not valid UTF-8" if first[1] is None else "a blank line"))
             header = first[1].split("\t")
             columns = {name: i for i, name in enumerate(header)}
             needed = [c for c in (layout.text_a, layout.text_b) if c is not None]
@@ -152,6 +161,9 @@ class GlueTask(Task):
                 raise RowError(f"bad score {value!r}; expected a number") from None
             if not math.isfinite(score):
                 raise RowError(f"bad score {value!r}; expected a finite number")
+            low, high = self.score_range
+            if not low <= score <= high:
+                raise RowError(f"score {value} is outside [{low:g}, {high:g}], the range of {self.name}'s scores")
             return score
         return self.label_index(value)
 
@@ -175,7 +187,8 @@ def _header_error(path: Path, what: str) -> TaskDataError:
 
 def _as_index(value: str) -> int | str:
     value = value.strip()
-    return int(value) if value.isdigit() else value
+    # ASCII digits only: str.isdigit() also holds for "²" and other characters int() refuses.
+    return int(value) if value.isascii() and value.isdigit() else value
 
 
 def _standard(split_names: dict[str, tuple[str, ...]] | None = None) -> dict[str, tuple[str, ...]]:
@@ -205,7 +218,7 @@ def _build() -> dict[str, GlueTask]:
         GlueTask("MRPC", "MRPC", "classification", _BINARY, ("f1", "acc"), "f1", _standard(),
                  _pair_layouts("#1 String", "#2 String", "Quality"), "MRPC.tsv"),
         GlueTask("STS-B", "STS-B", "regression", None, ("pearson", "spearman"), "pearson", _standard(),
-                 _pair_layouts("sentence1", "sentence2", "score"), "STS-B.tsv"),
+                 _pair_layouts("sentence1", "sentence2", "score"), "STS-B.tsv", score_range=(0.0, 5.0)),
         GlueTask("QQP", "QQP", "classification", _BINARY, ("f1", "acc"), "f1", _standard(),
                  _pair_layouts("question1", "question2", "is_duplicate", idx="id"), "QQP.tsv"),
         GlueTask("MNLI", "MNLI", "classification", _NLI3, ("acc",), "acc", mnli_files, mnli_layouts, "MNLI-m.tsv"),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .. import metrics as M
-from .base import BadRowSink, Example, RowError, Task
+from .base import BadRowSink, Example, RowError, Task, check_text, describe_value, parse_json_row
 
 __all__ = ["RaceTask", "RACE_TASKS"]
 
@@ -65,28 +65,26 @@ class RaceTask(Task):
             sink.report(path, 1, f"not valid UTF-8 ({err.reason} at byte {err.start})")
             return
         try:
-            row = json.loads(text)
-        except json.JSONDecodeError as err:
-            sink.report(path, err.lineno, f"broken JSON ({err.msg} at column {err.colno})")
-            return
-        try:
-            article, questions, options, answers, file_id = _fields(row, path)
+            article, questions, options, answers, file_id = _fields(parse_json_row(text), path)
             if answers is None and split != "test":
                 raise RowError("missing field 'answers'")
         except RowError as err:
-            sink.report(path, 1, str(err))
+            sink.report(path, err.line or 1, str(err))
             return
         for q, question in enumerate(questions):
             try:
                 opts = options[q]
-                if not isinstance(opts, list) or len(opts) < 2 or not all(isinstance(o, str) for o in opts):
-                    raise RowError(f"question {q}: options must be a list of at least two strings")
-                if not isinstance(question, str):
-                    raise RowError(f"question {q} is not a string")
+                if not isinstance(opts, list) or not 2 <= len(opts) <= len(_LETTERS):
+                    raise RowError(f"question {q}: options must be a list of 2 to {len(_LETTERS)} strings, got "
+                                   f"{describe_value(opts)}")
+                for k, option in enumerate(opts):
+                    check_text(option, f"options[{q}][{k}]")
+                check_text(question, f"questions[{q}]")
                 label = None
                 if answers is not None:
                     letter = answers[q]
-                    if not isinstance(letter, str) or letter not in _LETTERS[:len(opts)]:
+                    # One letter: `"" in "ABCD"` and `"AB" in "ABCD"` hold too.
+                    if not isinstance(letter, str) or len(letter) != 1 or letter not in _LETTERS[:len(opts)]:
                         raise RowError(f"question {q}: bad answer {letter!r}; expected one of "
                                        f"{', '.join(_LETTERS[:len(opts)])}")
                     label = _LETTERS.index(letter)
@@ -108,22 +106,26 @@ class RaceTask(Task):
 
 def _fields(row: object, path: Path) -> tuple[str, list, list, list | None, str]:
     if not isinstance(row, dict):
-        raise RowError(f"expected a JSON object, got {type(row).__name__}")
+        raise RowError(f"expected a JSON object, got {describe_value(row)}")
     missing = [k for k in ("article", "questions", "options") if k not in row]
     if missing:
         raise RowError(f"missing field(s) {', '.join(map(repr, missing))}")
-    article, questions, options = row["article"], row["questions"], row["options"]
+    article = check_text(row["article"], "article")
+    questions, options = row["questions"], row["options"]
     answers = row.get("answers")
-    if not isinstance(article, str):
-        raise RowError("field 'article' must be a string")
+    # "answers" may be absent (an unlabelled copy of the test set); when present it must be a list too.
     for key, value in (("questions", questions), ("options", options), ("answers", answers)):
-        if value is not None and not isinstance(value, list):
-            raise RowError(f"field {key!r} must be a list")
+        if not isinstance(value, list) and not (key == "answers" and "answers" not in row):
+            raise RowError(f"field {key!r} must be a list, got {describe_value(value)}")
     if len(options) != len(questions) or (answers is not None and len(answers) != len(questions)):
         raise RowError(f"{len(questions)} questions, {len(options)} option lists and "
                        f"{'no' if answers is None else len(answers)} answers do not line up")
-    file_id = row.get("id") or f"{path.parent.name}{path.name}"  # the release's ids read "high123.txt"
-    return article, questions, options, answers, str(file_id)
+    file_id = row.get("id")
+    if file_id is None:
+        file_id = f"{path.parent.name}{path.name}"  # the release's ids read "high123.txt"
+    elif not isinstance(file_id, str) or not file_id:
+        raise RowError(f"field 'id' must be a non-empty string, got {describe_value(file_id)}")
+    return article, questions, options, answers, check_text(file_id, "id")
 
 
 RACE_TASKS = {t.name: t for t in (RaceTask("RACE-high", ("high",)), RaceTask("RACE-middle", ("middle",)),

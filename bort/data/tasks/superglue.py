@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .. import metrics as M
-from .base import SPLITS, BadRowSink, Example, RowError, Task, iter_rows, metric_table
+from .base import (SPLITS, BadRowSink, Example, RowError, Task, check_text, describe_value, iter_rows,
+                   metric_table, parse_json_row)
 
 __all__ = ["SuperGlueTask", "SUPERGLUE_TASKS"]
 
@@ -45,7 +46,7 @@ _NLI2 = ("not_entailment", "entailment")
 def _get(row: dict, key: str, kind: type | tuple[type, ...] = str, where: str = "") -> Any:
     """row[key], checked to be of `kind` (bool is not an int here); RowError otherwise."""
     if not isinstance(row, dict):
-        raise RowError(f"expected a JSON object at {where or 'the top level'}, got {type(row).__name__}")
+        raise RowError(f"expected a JSON object at {where.rstrip('.') or 'the top level'}, got {describe_value(row)}")
     if key not in row:
         raise RowError(f"missing field {where}{key!r}")
     value = row[key]
@@ -53,7 +54,9 @@ def _get(row: dict, key: str, kind: type | tuple[type, ...] = str, where: str = 
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
     if not ok:
         names = " or ".join(k.__name__ for k in kinds)
-        raise RowError(f"field {where}{key!r} must be {names}, got {type(value).__name__} {str(value)[:40]!r}")
+        raise RowError(f"field {where}{key!r} must be {names}, got {describe_value(value)}")
+    if isinstance(value, str):
+        check_text(value, f"{where}{key}")
     return value
 
 
@@ -78,11 +81,7 @@ class SuperGlueTask(Task):
     def _read_file(self, path: Path, split: str, sink: BadRowSink) -> Iterator[tuple[int, Example]]:
         for line, text in iter_rows(path, sink):
             try:
-                row = json.loads(text)
-            except json.JSONDecodeError as err:
-                sink.report(path, line, f"broken JSON ({err.msg} at column {err.colno})")
-                continue
-            try:
+                row = parse_json_row(text)
                 if not isinstance(row, dict):
                     raise RowError(f"expected a JSON object, got {type(row).__name__}")
                 examples = self.parse(row, split)
