@@ -94,8 +94,9 @@ def run(quick: bool) -> dict[str, Any]:
             "throughput_ratio_fetch_over_download_file": ratio,
             "throughput_ratio_one_stream_over_download_file": ratio_one,
             "resume": resume, "machine": common.machine_info(),
-            "note": "2-core machine shared with other work while this ran: absolute times are noisy; the ratios "
-                    "are per round (candidates timed seconds apart)."}
+            "note": "absolute times depend on the machine and its load; the ratios are per round (candidates "
+                    "timed seconds apart)."}
+    machine = data["machine"]
     markdown = (f"# {NAME}\n\nOne {mb:.0f} MB object on a local moto S3 server (separate process), uploaded in "
                 f"8 MiB parts; our `fetch` (parallel ranged GETs into the preallocated `.part`, progress recorded "
                 f"per part, verification: {last.verified}) vs boto3 `download_file` (no verification); "
@@ -112,7 +113,8 @@ def run(quick: bool) -> dict[str, Any]:
                   f"asked for {resume['ranges_requested']} ranges totalling {resume['bytes_requested']:,} bytes and "
                   f"received {resume['bytes_received_on_resume']:,} (missing: {resume['missing_bytes']:,}) → only "
                   f"missing bytes: **{resume['only_missing_bytes']}**, identical file: **{resume['identical']}**.\n\n"
-                  "Measured on a 2-core machine shared with other work running at the same time.\n")
+                  f"Measured on {machine['cpu_model']} ({machine['usable_cpus']} usable cores); absolute times "
+                  "depend on the machine and its load, the ratios are per round.\n")
     common.write_results(NAME, data, markdown=markdown, plot=lambda fig: plot(fig, data))
     print(markdown)
     for path in work.iterdir():

@@ -516,3 +516,17 @@ def test_checks_are_skipped_while_tracing(mlm):
     # The checks read their reductions back with one .tolist(), which the tracer would warn about.
     assert not [w for w in caught if "Python list" in str(w.message)], [str(w.message) for w in caught]
     assert torch.allclose(traced(IDS, mask), classifier(IDS, mask).logits, atol=1e-6)
+
+
+def test_lra_classifier_inputs_get_the_same_named_errors():
+    from bort.lra.model import LRAClassifier, lra_config
+    from bort.lra.tasks import get_task
+
+    model = LRAClassifier(lra_config(get_task("listops"), vocab_size=20, hidden_size=16, intermediate_size=16,
+                                     num_attention_heads=2)).eval()
+    ids = torch.randint(1, 20, (2, 8))
+    assert model(ids, torch.ones_like(ids)).logits.shape == (2, 10)
+    with pytest.raises(ValueError, match=r"input_ids holds 20 at row 1, position 2: expected 0\.\.19"):
+        model(_with(ids, 1, 2, 20))
+    with pytest.raises(ValueError, match=r"attention_mask holds -10000\.0 at row 0, position 0"):
+        model(ids, torch.full((2, 8), -1e4))

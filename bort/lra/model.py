@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 
 from ..atomic import atomic_path, atomic_write_text
 from ..config import BortConfig
-from ..model import BortEncoder, BortPreTrainedModel, HeadOutput
+from ..model import BortEncoder, BortPreTrainedModel, HeadOutput, check_inputs
 from .tasks import LRATask
 
 WEIGHTS_NAME = "model.safetensors"
@@ -132,6 +132,7 @@ class LRAClassifier(BortPreTrainedModel):
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids "
                              f"{tuple(input_ids.shape)}")
+        check_inputs(self.config, input_ids, attention_mask)  # ids in the vocabulary, a 0/1 mask: named errors
         # None when nothing is padded: the mechanisms' fast path.
         key_padding = None if attention_mask is None or bool(attention_mask.bool().all()) else attention_mask.bool()
         x = self.embeddings(input_ids)
