@@ -530,3 +530,19 @@ def test_lra_classifier_inputs_get_the_same_named_errors():
         model(_with(ids, 1, 2, 20))
     with pytest.raises(ValueError, match=r"attention_mask holds -10000\.0 at row 0, position 0"):
         model(ids, torch.full((2, 8), -1e4))
+
+
+def test_dam_mask_size_is_refused_before_allocation():
+    """dam_u's logits grow with max_length²: a config asking for 10^5 positions is refused by name, not by the
+    allocator (2 × 10^10 floats); dam_s at the same length is linear and fine."""
+    cfg = BortConfig.preset("bert-base", vocab_size=50, hidden_size=16, num_attention_heads=2, intermediate_size=32,
+                            num_hidden_layers=1, attention="dam_u", attention_params={"max_length": 100_000})
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"attention 'dam_u': max_length 100000 needs 40,000,000,000 mask "
+                                             r"logits .* more than the 268,435,456 allowed"):
+            BortModel(cfg)
+        assert tracemalloc.get_traced_memory()[1] < 64 << 20
+    finally:
+        tracemalloc.stop()
+    BortModel(BortConfig(**{**cfg.to_dict(), "attention": "dam_s"}))

@@ -64,6 +64,9 @@ PARAMS: dict[str, str] = {
 MASK_BIAS = -10000.0  # the original's additive bias for a dropped entry
 
 
+MAX_MASK_LOGITS = 1 << 28  # 1 GiB of float32 logits (plus as much again for their gradient and Adam's moments)
+
+
 def dam_params(config: Any, kind: str) -> dict[str, Any]:
     """The validated DAM parameters of `config.attention_params`, defaults filled in."""
     given = dict(getattr(config, "attention_params", None) or {})
@@ -85,6 +88,16 @@ def dam_params(config: Any, kind: str) -> dict[str, Any]:
         raise ValueError(f"attention {kind!r}: init_std must be >= 0, got {p['init_std']!r}")
     if not isinstance(p["per_layer"], bool):
         raise ValueError(f"attention {kind!r}: per_layer must be true or false, got {p['per_layer']!r}")
+    # Checked before the logits are allocated: dam_u's grow with max_length², so a large max_length (or the
+    # default max_position_embeddings of a long-input config) would otherwise die in the allocator.
+    sets = int(config.num_hidden_layers) if p["per_layer"] else 1
+    entries = sets * int(config.num_attention_heads) * p["max_length"] * (p["max_length"] if kind == "dam_u" else 1) * 2
+    if entries > MAX_MASK_LOGITS:
+        raise ValueError(f"attention {kind!r}: max_length {p['max_length']} needs {entries:,} mask logits "
+                         f"({sets} set(s) × {config.num_attention_heads} heads × {p['max_length']}"
+                         f"{' × ' + str(p['max_length']) if kind == 'dam_u' else ''} × 2), more than the "
+                         f"{MAX_MASK_LOGITS:,} allowed; set attention_params max_length to the longest sequence "
+                         "the model will see" + (" (or use dam_s, one logit pair per offset)" if kind == "dam_u" else ""))
     return p
 
 
