@@ -186,7 +186,6 @@ def _train_lines(path: Path) -> int:
         return 0
 
 
-@pytest.mark.slow
 def test_two_trainers_started_half_a_second_apart(data, tmp_path):
     """The reported race: B started 0.5 s after A into the same directory. Exactly one run proceeds; the other
     is refused at once naming the first's pid, and the survivor's metrics.jsonl stays whole."""
