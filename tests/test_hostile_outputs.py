@@ -96,22 +96,16 @@ def _plant(checkpoint: Path, marker: Path) -> Path:
     return target
 
 
-def test_planted_pickle_in_a_distillation_checkpoint_is_refused(data, tmp_path):
+@pytest.mark.parametrize("runner", ["distillation", "lra"])
+def test_planted_pickle_in_a_checkpoint_is_refused(runner, request, tmp_path):
+    run, settings, inputs = {"distillation": (run_distillation, _distill, "data"),
+                             "lra": (run_lra, _lra, "listops_tsv")}[runner]
+    inputs = request.getfixturevalue(inputs)
     out = tmp_path / "run"
-    run_distillation(_distill(data, out))
+    run(settings(inputs, out))
     planted = _plant(out / "checkpoints" / "step-0000004", tmp_path / "pwned")
     with pytest.raises(CheckpointError) as err:
-        run_distillation(_distill(data, out, resume=True))
-    assert str(planted) in str(err.value) and "refused" in str(err.value)
-    assert not (tmp_path / "pwned").exists()
-
-
-def test_planted_pickle_in_an_lra_checkpoint_is_refused(listops_tsv, tmp_path):
-    out = tmp_path / "run"
-    run_lra(_lra(listops_tsv, out))
-    planted = _plant(out / "checkpoints" / "step-0000004", tmp_path / "pwned")
-    with pytest.raises(CheckpointError) as err:
-        run_lra(_lra(listops_tsv, out, resume=True))
+        run(settings(inputs, out, resume=True))
     assert str(planted) in str(err.value) and "refused" in str(err.value)
     assert not (tmp_path / "pwned").exists()
 
