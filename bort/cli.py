@@ -12,12 +12,15 @@ from typing import Callable, Sequence
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert a checkpoint (native, Hugging Face, Gluon .params) to native or HF",
+    p = sub.add_parser("convert", help="convert a checkpoint (native, Hugging Face, Gluon .params) to native, HF "
+                                       "or Gluon .params",
                        description="Read any supported checkpoint and write it as a native bort directory "
-                                   "(config.json + model.safetensors) or a Hugging Face directory.")
+                                   "(config.json + model.safetensors), a Hugging Face directory, or a Gluon "
+                                   ".params file that the original Bort code loads.")
     p.add_argument("src", help="checkpoint directory or Gluon .params file")
-    p.add_argument("dest", help="output directory")
-    p.add_argument("--to", choices=("native", "hf"), default="native", help="output format (default: native)")
+    p.add_argument("dest", help="output directory (native, hf) or file ending in .params (gluon)")
+    p.add_argument("--to", choices=("native", "hf", "gluon"), default=None,
+                   help="output format (default: gluon when DEST ends in .params, else native)")
     p.add_argument("--config", default=None,
                    help="preset name or JSON file (required meaning for .params files; default: sizes inferred "
                         "from the shapes with the bort_4_8_768_1024 preset's other settings)")
@@ -33,11 +36,16 @@ def _run_convert(args: argparse.Namespace) -> int:
     cfg, state, saved = read_checkpoint(args.src, args.config)
     task = (saved or checkpoint_task(state)) if args.task == "auto" else args.task
     task = None if task == "encoder" else task
+    fmt = args.to or ("gluon" if str(args.dest).endswith(".params") else "native")
     model = model_for_task(cfg, state, task, str(args.src))
-    out = save_pretrained(model, args.dest, format=args.to)
+    out = save_pretrained(model, args.dest, format=fmt)
     n = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"src": str(args.src), "dest": str(out), "format": args.to, "task": task or "encoder",
-                      "parameters": n}))
+    report = {"src": str(args.src), "dest": str(out), "format": fmt, "task": task or "encoder", "parameters": n}
+    if fmt == "gluon":  # the model_name the original's get_bort_model needs (None: add a preset of these sizes)
+        from .checkpoint.gluon_export import original_preset
+
+        report["original_preset"] = original_preset(cfg)
+    print(json.dumps(report))
     return 0
 
 

@@ -120,6 +120,10 @@ class BortConfig:
     `layer_norm_position` "post" (BERT, Bort: LayerNorm after each residual sum) or "pre" (LayerNorm on each
     block's input, residual stream left unnormalised, one final LayerNorm after the last layer: the LRA
     models).
+    `decoder_layer_norm_eps` is the epsilon of the MLM decoder's LayerNorm (`lm_head.layer_norm`); None means
+    `layer_norm_eps` (HF BERT, GluonNLP 0.10.0). GluonNLP 0.8.3, which trained the released `bort.params`, used
+    1e-12 there while its encoder used 1e-5, so a Gluon `.params` file is read with 1e-12 unless its config says
+    otherwise (docs/gluon.md).
 
     Every field is validated on construction (and so by `from_dict`, `load` and `dataclasses.replace`),
     before any model is allocated, by type (`true` is not an integer) and against a plausible range:
@@ -142,6 +146,7 @@ class BortConfig:
     max_position_embeddings: int = 512
     type_vocab_size: int = 0
     layer_norm_eps: float = 1e-5
+    decoder_layer_norm_eps: float | None = None  # None: layer_norm_eps
     initializer_range: float = 0.02
     pad_token_id: int = 1
     # ours
@@ -187,6 +192,11 @@ class BortConfig:
             problem = _float_problem(name, getattr(self, name), *bounds)
             if problem:
                 problems.append(problem)
+        if self.decoder_layer_norm_eps is not None:
+            problem = _float_problem("decoder_layer_norm_eps", self.decoder_layer_norm_eps,
+                                     *FLOAT_RANGES["layer_norm_eps"])
+            if problem:
+                problems.append(problem + " (or null for layer_norm_eps)")
         if self.classifier_dropout is not None:
             problem = _float_problem("classifier_dropout", self.classifier_dropout, 0.0, 1.0, True, False)
             if problem:

@@ -408,7 +408,9 @@ class BortLMHead(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.act = _ACTIVATIONS[config.hidden_act]
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # GluonNLP 0.8.3 (the released Bort) used another epsilon here than in the encoder (docs/gluon.md).
+        eps = config.layer_norm_eps if config.decoder_layer_norm_eps is None else config.decoder_layer_norm_eps
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:

@@ -73,7 +73,9 @@ def test_sequence_output_and_mlm_logits_match_gluonnlp(reference: Path):
     cfg = BortConfig.preset("bort_4_8_768_1024", num_hidden_layers=sizes["num_layers"],
                             hidden_size=sizes["units"], intermediate_size=sizes["hidden_size"],
                             num_attention_heads=sizes["num_heads"], vocab_size=sizes["vocab_size"],
-                            max_position_embeddings=sizes["max_length"])
+                            max_position_embeddings=sizes["max_length"],
+                            # GluonNLP 0.10.0's decoder LayerNorm takes the encoder's epsilon (0.8.3: 1e-12)
+                            decoder_layer_norm_eps=sizes["layer_norm_eps"])
     model = load_pretrained(reference / "model.params", config=cfg, task="mlm").float().eval()
 
     input_ids = torch.from_numpy(ref["input_ids"])

@@ -57,7 +57,8 @@ def read_checkpoint(path: str | os.PathLike, config: ConfigSpec = None
                 f"{', '.join(sorted(p.name for p in path.iterdir())) or 'nothing'}")
         return _apply_config(base, config, str(path)), state, saved_task
     if path.suffix == ".params":
-        from .gluon import gluon_to_bort_state_dict, infer_gluon_config, read_params
+        from .gluon import (GLUONNLP_083_DECODER_LAYER_NORM_EPS, gluon_to_bort_state_dict, infer_gluon_config,
+                            read_params)
 
         params = read_params(path)
         inferred = infer_gluon_config(params)
@@ -69,7 +70,15 @@ def read_checkpoint(path: str | os.PathLike, config: ConfigSpec = None
                                       f"({', '.join(f'{k}={v}' for k, v in inferred.items())}): {err}") from None
         else:
             cfg = _resolve(config, str(path))
-        return cfg, gluon_to_bort_state_dict(params, cfg.num_hidden_layers, str(path)), None
+        saved_task = None
+        if "num_labels" in inferred:  # a fine-tuned BortClassifier: its last layer's rows are the labels
+            # The original trains a regression (STS-B) as its only one-output task.
+            saved_task = "regression" if inferred["num_labels"] == 1 else "classification"
+            cfg = _replace(cfg, str(path), num_labels=inferred["num_labels"],
+                           problem_type="regression" if saved_task == "regression" else None)
+        if cfg.decoder_layer_norm_eps is None:  # the released bort.params is GluonNLP 0.8.3's (docs/gluon.md)
+            cfg = _replace(cfg, str(path), decoder_layer_norm_eps=GLUONNLP_083_DECODER_LAYER_NORM_EPS)
+        return cfg, gluon_to_bort_state_dict(params, cfg.num_hidden_layers, str(path)), saved_task
     raise CheckpointError(f"{path}: unrecognised checkpoint; expected a directory (bort or Hugging Face) "
                           "or a Gluon .params file")
 
@@ -145,18 +154,31 @@ def _check_task(task: str | None) -> None:
 
 def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, format: str = "native") -> Path:
     """Save `model` to `directory` as "native" (config.json + model.safetensors) or "hf" (loadable by
-    `transformers`). Every file is written to a temporary name and renamed."""
+    `transformers`), or, with "gluon", to the file `directory` (a name ending in `.params`) in the original
+    Bort's names, loadable by its MXNet code (see `bort.checkpoint.gluon_export`). Every file is written to a
+    temporary name and renamed."""
     if format == "native":
         return save_native(model, directory)
     if format == "hf":
         return export_hf(model, directory)
-    raise ValueError(f"unknown checkpoint format {format!r}; expected 'native' or 'hf'")
+    if format == "gluon":
+        from .gluon_export import export_gluon
+
+        return export_gluon(model, directory)
+    raise ValueError(f"unknown checkpoint format {format!r}; expected 'native', 'hf' or 'gluon'")
 
 
 def _resolve(spec: ConfigSpec, source: str) -> BortConfig:
     try:
         return BortConfig.resolve(spec)
     except ConfigError as err:
+        raise CheckpointError(f"{source}: {err}") from None
+
+
+def _replace(cfg: BortConfig, source: str, **fields: Any) -> BortConfig:
+    try:
+        return dataclasses.replace(cfg, **fields)
+    except ConfigError as err:  # e.g. a head too large for the config's limits
         raise CheckpointError(f"{source}: {err}") from None
 
 

@@ -30,7 +30,8 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["read_params", "gluon_to_bort_state_dict", "infer_gluon_config", "CheckpointError"]
+__all__ = ["read_params", "gluon_to_bort_state_dict", "infer_gluon_config", "is_finetuned_layout",
+           "expected_gluon_names", "GLUONNLP_083_DECODER_LAYER_NORM_EPS", "CheckpointError"]
 
 LIST_MAGIC = 0x112
 V1_MAGIC = 0xF993FAC8
@@ -298,6 +299,12 @@ def read_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 # --- names ------------------------------------------------------------------------------------------------
+# Two layouts are read. "Pretrained": what GluonNLP's BortModel/BERTModel saves (bort.params, the GluonNLP
+# model zoo). "Fine-tuned": what the original finetune_bort.py saves, a BortClassifier whose encoder is the
+# child `bort` (so every pretrained name gains a `bort.` prefix) and whose head is a HybridSequential
+# `classifier` of [Dropout], Dense(units, tanh), [Dropout], Dense(num_classes): the Dense layers are children
+# 1 and 3, or 0 and 1 when it was built with dropout 0 (Dropout layers have no parameters). See docs/gluon.md.
+#
 # GluonNLP (Bort and BERT) parameter names → ours, which are Hugging Face BERT's.
 _TOP_LEVEL = {
     "word_embed.0.weight": "embeddings.word_embeddings.weight",
@@ -332,6 +339,22 @@ _CELL_NAME = re.compile(r"encoder\.transformer_cells\.(\d+)\.(.+)\.(weight|bias|
 _TIED = "decoder.3.weight"
 _WORD = "word_embed.0.weight"
 
+# The fine-tuned layout (finetune_bort.py's BortClassifier).
+FINETUNED_PREFIX = "bort."
+_HEAD_NAME = re.compile(r"classifier\.(\d+)\.(weight|bias)")
+# Child indices of the head's two Dense layers → our BortClassificationHead's modules.
+_HEAD_LAYOUTS = {(1, 3): "dropout > 0", (0, 1): "dropout 0"}
+_HEAD_MODULES = ("classifier.dense", "classifier.out_proj")
+
+# GluonNLP 0.8.3's BERTLayerNorm default, which its MLM decoder used whatever the encoder's epsilon (0.10.0
+# uses the encoder's): the value the released bort.params needs (docs/gluon.md).
+GLUONNLP_083_DECODER_LAYER_NORM_EPS = 1e-12
+
+
+def is_finetuned_layout(params: dict[str, np.ndarray]) -> bool:
+    """True for a file saved from the original's BortClassifier (encoder names under `bort.`)."""
+    return any(name.startswith(FINETUNED_PREFIX) for name in params)
+
 
 def _map_name(name: str, num_layers: int) -> str | None:
     if name in _TOP_LEVEL:
@@ -348,40 +371,124 @@ def _map_name(name: str, num_layers: int) -> str | None:
     return f"encoder.layer.{layer}.{_CELL[module]}.{_PARAM[param]}"
 
 
+def expected_gluon_names(num_layers: int, finetuned: bool) -> list[str]:
+    """Every name a `num_layers`-layer model of the layout may hold (optional parts included)."""
+    cells = [f"encoder.transformer_cells.{layer}.{module}.{param}"
+             for layer in range(num_layers) for module in _CELL
+             for param in (("gamma", "beta") if module.endswith("layer_norm") else ("weight", "bias"))]
+    pretrained = [*_TOP_LEVEL, _TIED, *cells]
+    if not finetuned:
+        return pretrained
+    head = [f"classifier.{index}.{param}" for index in sorted({i for pair in _HEAD_LAYOUTS for i in pair})
+            for param in ("weight", "bias")]
+    return [FINETUNED_PREFIX + name for name in pretrained] + head
+
+
+def _unmatched_error(where: str, unknown: list[str], num_layers: int, finetuned: bool) -> CheckpointError:
+    """The names no layout explains, each with the nearest names the file's layout (or the other) expects."""
+    import difflib
+
+    layout = "fine-tuned" if finetuned else "pretrained"
+    expected = expected_gluon_names(num_layers, finetuned) + expected_gluon_names(num_layers, not finetuned)
+    shown = 20  # enough to see the pattern; the names themselves are all listed above
+    hints = []
+    for name in unknown[:shown]:
+        near = difflib.get_close_matches(name, expected, n=2, cutoff=0.6)
+        hints.append(f"{name} → {' or '.join(near) if near else 'nothing close'}")
+    more = f"; … and {len(unknown) - shown} more" if len(unknown) > shown else ""
+    return CheckpointError(
+        f"{where}{len(unknown)} Gluon parameter name(s) not understood for a {num_layers}-layer Bort/BERT model: "
+        f"{', '.join(unknown)}. They match neither the pretrained layout (GluonNLP BortModel/BERTModel: "
+        f"word_embed.*, encoder.*, decoder.*) nor the fine-tuned one (the original finetune_bort.py's "
+        f"BortClassifier: bort.* and classifier.N.*); this file looks {layout}. Nearest expected names: "
+        + "; ".join(hints) + more)
+
+
+def _map_head(head: dict[str, np.ndarray], where: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    """BortClassifier's head names → ours, and the names that are not part of it."""
+    layers: dict[int, dict[str, np.ndarray]] = {}
+    unknown = []
+    for name, array in head.items():
+        match = _HEAD_NAME.fullmatch(name)
+        if match is None:
+            unknown.append(name)
+        else:
+            layers.setdefault(int(match.group(1)), {})[match.group(2)] = array
+    if not layers or unknown:
+        return {}, unknown
+    indices = tuple(sorted(layers))
+    if indices not in _HEAD_LAYOUTS:
+        raise CheckpointError(
+            f"{where}classifier layers at child indices {', '.join(map(str, indices))}: expected the two Dense "
+            f"layers of the original BortClassifier, at classifier.1 and classifier.3 (built with dropout > 0) "
+            f"or classifier.0 and classifier.1 (dropout 0)")
+    mapped = {}
+    for index, module in zip(indices, _HEAD_MODULES):
+        for param in ("weight", "bias"):
+            if param not in layers[index]:
+                raise CheckpointError(f"{where}classifier.{index}.{param} is missing: the BortClassifier head "
+                                      f"({_HEAD_LAYOUTS[indices]}) needs classifier.{indices[0]}.weight/bias "
+                                      f"and classifier.{indices[1]}.weight/bias")
+            mapped[f"{module}.{param}"] = layers[index][param]
+    return mapped, []
+
+
 def gluon_to_bort_state_dict(params: dict[str, np.ndarray], num_layers: int,
                              source: str | None = None) -> dict[str, torch.Tensor]:
-    """Rename GluonNLP Bort/BERT parameters to our (Hugging Face BERT) names as torch tensors.
+    """Rename GluonNLP Bort/BERT parameters, pretrained or fine-tuned by the original finetune_bort.py, to
+    our (Hugging Face BERT) names as torch tensors.
 
     Gluon Dense weights are (out, in) like torch.nn.Linear, so no transposes are needed. The decoder's
     output weight (`decoder.3.weight`) is tied to the word embedding: it is checked equal and dropped.
-    Names we do not know (or layers >= num_layers) raise CheckpointError listing them all; missing names
-    are not checked here, the caller compares against the model's state dict. `source` (the file the
-    params came from) starts every error message.
+    A fine-tuned BortClassifier's head (`classifier.1`/`classifier.3`, or `classifier.0`/`classifier.1`
+    without dropout) becomes our `classifier.dense`/`classifier.out_proj`, which compute the same thing.
+    Names of neither layout (or layers >= num_layers) raise CheckpointError listing them all with the
+    nearest expected names; missing names are not checked here, the caller compares against the model's
+    state dict. `source` (the file the params came from) starts every error message.
     """
     where = f"{source}: " if source else ""
-    unknown = sorted(n for n in params if n != _TIED and _map_name(n, num_layers) is None)
+    finetuned = is_finetuned_layout(params)
+    if finetuned:
+        encoder = {n[len(FINETUNED_PREFIX):]: a for n, a in params.items() if n.startswith(FINETUNED_PREFIX)}
+        head, head_unknown = _map_head({n: a for n, a in params.items() if not n.startswith(FINETUNED_PREFIX)},
+                                       where)
+    else:
+        encoder, head, head_unknown = params, {}, []
+    prefix = FINETUNED_PREFIX if finetuned else ""
+    unknown = sorted([prefix + n for n in encoder if n != _TIED and _map_name(n, num_layers) is None]
+                     + head_unknown)
     if unknown:
-        raise CheckpointError(f"{where}{len(unknown)} Gluon parameter name(s) not understood for a "
-                              f"{num_layers}-layer Bort/BERT model: {', '.join(unknown)}")
-    if _TIED in params:
-        if _WORD not in params:
-            raise CheckpointError(f"{where}{_TIED} (tied to the word embedding) is present but {_WORD} is missing")
-        tied, word = params[_TIED], params[_WORD]
+        raise _unmatched_error(where, unknown, num_layers, finetuned)
+    if _TIED in encoder:
+        tied_name, word_name = prefix + _TIED, prefix + _WORD
+        if _WORD not in encoder:
+            raise CheckpointError(f"{where}{tied_name} (tied to the word embedding) is present but {word_name} "
+                                  f"is missing")
+        tied, word = encoder[_TIED], encoder[_WORD]
         if tied.shape != word.shape or not np.array_equal(tied, word):
-            raise CheckpointError(f"{where}{_TIED} {tied.shape} differs from {_WORD} {word.shape}; "
+            raise CheckpointError(f"{where}{tied_name} {tied.shape} differs from {word_name} {word.shape}; "
                                   f"Bort's decoder must be tied to the word embedding")
-    return {_map_name(name, num_layers): torch.from_numpy(np.ascontiguousarray(array))
-            for name, array in params.items() if name != _TIED}
+    state = {_map_name(name, num_layers): torch.from_numpy(np.ascontiguousarray(array))
+             for name, array in encoder.items() if name != _TIED}
+    state.update({name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in head.items()})
+    return state
 
 
 def infer_gluon_config(params: dict[str, np.ndarray]) -> dict[str, int]:
     """Model sizes implied by a GluonNLP Bort/BERT checkpoint's shapes, as our config field names.
 
     Gives hidden_size, vocab_size, max_position_embeddings, num_hidden_layers, intermediate_size and
-    type_vocab_size (0 without a token-type embedding), each only when the arrays it comes from are present.
+    type_vocab_size (0 without a token-type embedding), each only when the arrays it comes from are present;
+    for a fine-tuned BortClassifier also num_labels (the rows of its last Dense layer).
     The number of attention heads leaves no trace in the shapes and is never inferred.
     """
     config: dict[str, int] = {}
+    if is_finetuned_layout(params):
+        head = {n: a for n, a in params.items() if _HEAD_NAME.fullmatch(n) and n.endswith(".weight")}
+        params = {n[len(FINETUNED_PREFIX):]: a for n, a in params.items() if n.startswith(FINETUNED_PREFIX)}
+        last = max(head, key=lambda n: int(n.split(".")[1]), default=None)
+        if last is not None and head[last].ndim >= 1:
+            config["num_labels"] = int(head[last].shape[0])
     word = params.get(_WORD, params.get(_TIED))
     if word is not None and word.ndim == 2:
         config["vocab_size"], config["hidden_size"] = int(word.shape[0]), int(word.shape[1])

@@ -62,7 +62,8 @@ def config_from_hf(values: dict[str, Any], source: str = "config.json",
     )
     bort_extra = values.get("bort", {})
     if isinstance(bort_extra, dict):  # our own fields survive an export → import round trip
-        fields.update({k: v for k, v in bort_extra.items() if k in ("attention", "attention_params", "embedding_style")})
+        fields.update({k: v for k, v in bort_extra.items() if k in ("attention", "attention_params", "embedding_style",
+                                                                     "decoder_layer_norm_eps")})
     try:
         return BortConfig(**fields)
     except (ConfigError, TypeError) as err:
@@ -142,7 +143,9 @@ def hf_config_dict(config: BortConfig, architecture: str) -> dict[str, Any]:
         "num_labels": config.num_labels,
         **({"problem_type": config.problem_type} if config.problem_type else {}),
         "bort": {"attention": config.attention, "attention_params": config.attention_params,
-                 "embedding_style": config.embedding_style},
+                 "embedding_style": config.embedding_style,
+                 # transformers' LM head uses layer_norm_eps; ours may differ (GluonNLP 0.8.3, docs/gluon.md)
+                 "decoder_layer_norm_eps": config.decoder_layer_norm_eps},
     }
 
 

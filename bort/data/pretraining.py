@@ -26,8 +26,10 @@ import functools
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -39,7 +41,8 @@ from ..train.run_dir import lock_output_dir
 from .chunk_worker import ChunkProcessor, ChunkResult, init_worker, run_chunk
 from .instance_format import FORMAT, FORMAT_VERSION, encode_header, needs_u32, vocab_hash
 from .instances import InstanceSettings
-from .pretraining_dataset import PretrainingDataError, PretrainingDataset, PretrainingShard, collate
+from .npz_shards import rec_to_npz
+from .pretraining_dataset import PretrainingDataError, PretrainingDataset, PretrainingShard, collate, open_shard
 from .recordio import RecordIOWriter
 from .text_chunks import iter_chunks, resolve_inputs
 
@@ -57,6 +60,7 @@ DATASET_VOCABULARIES = {
     "wiki_cn_cased": ("wordpiece", "Chinese BERT's WordPiece vocab.txt"),
 }
 MB = 1 << 20
+OUTPUT_FORMATS = ("rec", "npz")
 
 
 class _Shards:
@@ -136,7 +140,10 @@ def _remove_temporaries(out: Path) -> None:
     for pattern in _TEMPORARIES:
         for path in out.glob(pattern):
             with contextlib.suppress(OSError):
-                path.unlink()
+                if path.is_dir():  # the staging directory of an npz run killed outright
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
 
 
 def _holding_output_dir(create):
@@ -179,6 +186,7 @@ def create_pretraining_data(
     max_buffer_mb: float = 8.0,
     max_line_chars: int | None = None,
     progress: bool = True,
+    output_format: str = "rec",
 ) -> dict[str, Any]:
     """Write `num_outputs` shards of pretraining instances made from `input_files` (comma-separated globs
     or a list) with `tokenizer` (a `BortTokenizer`) into `output_dir`; returns the summary (also written
@@ -186,8 +194,15 @@ def create_pretraining_data(
 
     `chunk_size_mb` is the unit of work and of randomness (part of the output's identity, recorded in the
     header); `max_buffer_mb` bounds the text in flight; `max_line_chars` (default 16 × max_seq_length) cuts
-    longer lines before tokenising. Raises FileNotFoundError when a pattern matches no file.
+    longer lines before tokenising. `output_format` "npz" writes `part-NNN.npz` shards in the original Bort's
+    layout instead (see `bort.data.npz_shards`). Raises FileNotFoundError when a pattern matches no file.
     """
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+    if output_format == "npz":
+        return _create_npz_shards(input_files, Path(output_dir), tokenizer, settings, num_workers=num_workers,
+                                  num_outputs=num_outputs, chunk_size_mb=chunk_size_mb, max_buffer_mb=max_buffer_mb,
+                                  max_line_chars=max_line_chars, progress=progress)
     if num_workers < 1 or num_outputs < 1:
         raise ValueError(f"num_workers and num_outputs must be >= 1, got {num_workers} and {num_outputs}")
     if chunk_size_mb <= 0 or max_buffer_mb <= 0:
@@ -279,6 +294,27 @@ def create_pretraining_data(
     return summary
 
 
+def _create_npz_shards(input_files: str | Sequence[str], out: Path, tokenizer: Any, settings: InstanceSettings,
+                       **options: Any) -> dict[str, Any]:
+    """`--output_format npz`: the `.rec` shards are made in a staging directory inside `out` (so the instances
+    are those of a `.rec` run, byte for byte) and each is converted to `out/part-NNN.npz`; the staging
+    directory is removed whatever happens."""
+    staging = Path(tempfile.mkdtemp(prefix=".part-npz-staging-", suffix=".tmp", dir=out))
+    try:
+        summary = create_pretraining_data.__wrapped__(input_files, staging, tokenizer, settings, **options)
+        for shard in summary["shards"]:
+            npz_name = shard["file"][:-len(".rec")] + ".npz"
+            rec_to_npz(staging / shard["file"], out / npz_name)
+            shard["file"] = npz_name
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    names = {s["file"] for s in summary["shards"]}
+    summary.update(output_dir=str(out), output_format="npz",
+                   stale_shards=sorted(p.name for p in out.glob("part-*.npz") if p.name not in names))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """A few human-readable lines about a run."""
     c = summary["counts"]
@@ -333,6 +369,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="text in flight at most; bounds memory (default: %(default)s)")
     parser.add_argument("--verbose", action="store_true", help="print the first instance")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--output_format", choices=OUTPUT_FORMATS, default="rec",
+                        help="rec: our RecordIO shards (default); npz: the original Bort's part-NNN.npz layout, "
+                             "which its get_pretrain_data_npz loads")
 
 
 def _load_tokenizer(args: argparse.Namespace) -> Any:
@@ -352,7 +391,8 @@ def _load_tokenizer(args: argparse.Namespace) -> Any:
 
 
 def _print_first_instance(output_dir: Path, tokenizer: Any) -> None:
-    shard = PretrainingShard(output_dir / "part-000.rec")
+    first = output_dir / "part-000.rec"
+    shard = open_shard(first if first.exists() else output_dir / "part-000.npz")
     if len(shard):
         inst = shard[0]
         print("first instance:\n  tokens: " + " ".join(tokenizer.id_to_token(int(i)) or "?" for i in inst["input_ids"]))
@@ -392,7 +432,7 @@ def run(args: argparse.Namespace) -> int:
             summary = create_pretraining_data(
                 args.input_file, args.output_dir, tokenizer, settings, num_workers=args.num_workers,
                 num_outputs=args.num_outputs, chunk_size_mb=args.chunk_size_mb, max_buffer_mb=args.max_buffer_mb,
-                progress=not args.quiet)
+                progress=not args.quiet, output_format=args.output_format)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

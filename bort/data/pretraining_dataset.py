@@ -1,4 +1,5 @@
-"""Read pretraining shards (`part-NNN.rec` + `.idx`) back: random access by index, header checks, batching.
+"""Read pretraining shards (`part-NNN.rec` + `.idx`, or the original Bort's `part-NNN.npz`, see
+`bort.data.npz_shards`) back: random access by index, header checks, batching.
 
     ds = PretrainingDataset("data/train/part-*.rec", expected_vocab_hash=header_of_my_tokenizer)
     batch = collate([ds[i] for i in range(8)], pad_id=ds.header["special_ids"]["pad"])
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 from .instance_format import decode_header, decode_instance
 from .recordio import RecordIOError, RecordIOReader, index_path_for, read_index
 
-__all__ = ["PretrainingDataError", "PretrainingShard", "PretrainingDataset", "collate", "IGNORE_INDEX"]
+__all__ = ["PretrainingDataError", "PretrainingShard", "PretrainingDataset", "open_shard", "collate",
+           "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100  # the label of padded masked positions (torch's cross-entropy ignore_index)
 
@@ -143,6 +145,17 @@ class PretrainingShard:
         self._reader.close()
 
 
+def open_shard(path: str | os.PathLike[str], expected_vocab_hash: str | None = None, allow_truncated: bool = False,
+               vocab: Any = None) -> PretrainingShard:
+    """A `.npz` path opens as the original Bort's npz shard (`NpzShard`, the same interface), anything else
+    as a `.rec` shard."""
+    from .npz_shards import NpzShard, is_npz_path  # here: npz_shards imports this module
+
+    if is_npz_path(path):
+        return NpzShard(path, expected_vocab_hash, allow_truncated, vocab)  # type: ignore[return-value]
+    return PretrainingShard(path, expected_vocab_hash, allow_truncated)
+
+
 def _expand(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[Path]:
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     out: list[Path] = []
@@ -164,13 +177,15 @@ def _expand(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) ->
 class PretrainingDataset:
     """Several shards as one indexable dataset (a valid `torch.utils.data.Dataset`).
 
-    `paths`: a list of files or globs, or one string (a glob, or comma-separated paths/globs). All shards
-    must share one vocabulary hash, and `expected_vocab_hash` when given.
+    `paths`: a list of files or globs, or one string (a glob, or comma-separated paths/globs); `.rec` shards
+    (ours) and the original Bort's `.npz` shards may be mixed. All shards must share one vocabulary hash, and
+    `expected_vocab_hash` when given. `vocab`: the vocabulary of `.npz` shards without a header (see
+    `bort.data.npz_shards`); `.rec` shards ignore it.
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
-                 expected_vocab_hash: str | None = None, allow_truncated: bool = False) -> None:
-        self.shards = [PretrainingShard(p, expected_vocab_hash, allow_truncated) for p in _expand(paths)]
+                 expected_vocab_hash: str | None = None, allow_truncated: bool = False, vocab: Any = None) -> None:
+        self.shards = [open_shard(p, expected_vocab_hash, allow_truncated, vocab) for p in _expand(paths)]
         first = self.shards[0]
         for shard in self.shards[1:]:
             if shard.vocab_hash != first.vocab_hash:

@@ -1,12 +1,15 @@
-"""Command-line flags of `run_pretraining_distillation.py` / `bort distill`, including the original
-script's names (`--data`, `--data_eval`, `--teacher_model`, `--model`, `--num_steps`, `--ckpt_interval`,
-`--ckpt_dir`, `--teacher_ce_weight`, `--dtype` …) as aliases."""
+"""Command-line flags of `run_pretraining_distillation.py` / `bort distill`. Every flag of the original
+`run_pretraining_distillation_hvd.py` (`get_argparser`) is accepted too, with its meaning (`--data`, `--data_eval`,
+`--teacher_model`, `--teacher_ckpt_dir`, `--distillation_temperature`, `--start_step`, `--cpu_only`, …); the
+table in docs/original_commands.md says what each one becomes here."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 
 from ..atomic import WriteError
 from ..train.resume import parse_allowed
@@ -19,7 +22,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     a("--train", "--data", dest="train", action="append", required=True,
       help="training shards: files or globs (repeat or comma-separate)")
     a("--test", "--data_eval", dest="test", action="append", default=[], help="evaluation shards (test.rec)")
-    a("--teacher", "--teacher_model", dest="teacher", default=None,
+    a("--teacher", dest="teacher", default=None,
       help="teacher checkpoint: anything load_pretrained reads (native/HF directory, Gluon .params)")
     a("--teacher-config", dest="teacher_config", default=None, help="config for a .params teacher (preset or JSON)")
     a("--student", "--model", dest="student", default=d.student, help="student preset name or JSON config")
@@ -46,14 +49,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
       help="hidden-state matching weight (default 1 for a teacher without MLM head, else 0)")
     a("--attention-weight", dest="attention_weight", type=float, default=None,
       help="attention matching weight (default 1 for a teacher without MLM head, else 0)")
-    a("--temperature", type=float, default=d.temperature)
+    a("--temperature", "--distillation_temperature", dest="temperature", type=float, default=d.temperature)
     a("--bort-compat-kd", dest="bort_compat_kd", action="store_true",
       help="the original MXNet KD term (double softmax, vocabulary mean) instead of T²·KL")
     a("--precision", "--dtype", dest="precision", default=d.precision,
       choices=("fp32", "bf16", "fp16", "float32", "bfloat16", "float16"))
     a("--log-interval", "--log_interval", dest="log_interval", type=int, default=d.log_interval)
     a("--eval-interval", "--eval_interval", dest="eval_interval", type=int, default=d.eval_interval)
-    a("--eval-batches", dest="eval_batches", type=int, default=d.eval_batches)
+    a("--eval-batches", "--num_eval_steps", dest="eval_batches", type=int, default=d.eval_batches)
     a("--checkpoint-interval", "--ckpt_interval", dest="checkpoint_interval", type=int, default=d.checkpoint_interval)
     a("--keep-checkpoints", dest="keep_checkpoints", type=int, default=d.keep_checkpoints)
     a("--resume", action="store_true", help="continue from the newest checkpoint in OUTPUT_DIR/checkpoints (the "
@@ -78,6 +81,100 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     a("--push-to", dest="push_to", default=None, metavar="s3://BUCKET/PREFIX",
       help="upload each checkpoint (and final/) to PREFIX/<name>/ in the background; failures are retried and "
            "reported in summary.json, never stop training (endpoint: AWS_ENDPOINT_URL_S3)")
+    add_original_args(parser)
+
+
+# GluonNLP model-zoo teachers the original names, and the architecture each is (its weights must be on disk).
+ZOO_TEACHERS = {"roberta_24_1024_16": "roberta-large", "roberta_12_768_12": "roberta-base",
+                "bert_24_1024_16": "bert-large", "bert_12_768_12": "bert-base"}
+ORIGINAL_DATASETS = ("book_corpus_wiki_en_uncased", "book_corpus_wiki_en_cased", "wiki_multilingual_uncased",
+                     "wiki_multilingual_cased", "wiki_cn_cased", "openwebtext_ccnews_stories_books_cased")
+
+
+def add_original_args(parser: argparse.ArgumentParser) -> None:
+    """The original `get_argparser` flags that have no counterpart above (see docs/original_commands.md)."""
+    g = parser.add_argument_group("flags of the original run_pretraining_distillation_hvd.py")
+    a = g.add_argument
+    a("--teacher_model", default=None,
+      help="a checkpoint path, or a GluonNLP model-zoo name (roberta_24_1024_16, …) whose weights "
+           "--teacher_ckpt_dir holds")
+    a("--teacher_ckpt_dir", default=None, help="directory holding the teacher's .params (the first one is read)")
+    a("--num_buckets", type=int, default=None, help="accepted: batches here are padded to their longest record")
+    a("--use_avg_len", action="store_true",
+      help="accepted: --batch_size stays a number of records here (not of tokens)")
+    a("--batch_size_eval", type=int, default=None, help="accepted: evaluation uses --batch_size here")
+    a("--dataset_name", choices=ORIGINAL_DATASETS, default=None,
+      help="the original's vocabulary name; the shards already hold token ids")
+    a("--pretrained", action="store_true", help="refused: no model-zoo download; see the message")
+    a("--start_step", type=int, default=0,
+      help="resume from the checkpoint of this step (the newest in --ckpt_dir's checkpoints/)")
+    a("--verbose", action="store_true", help="debug logging")
+    a("--profile", default=None, help="refused (MXNet's profiler); see the message")
+    a("--cpu_only", action="store_true", help="compute on the CPU even when a GPU is visible")
+
+
+def apply_original_args(args: argparse.Namespace) -> list[str]:
+    """Fold the original's flags into ours. Raises ValueError, saying what to pass instead, for those that cannot
+    apply; returns the notes to log for those accepted without an effect here."""
+    notes: list[str] = []
+    if args.pretrained:
+        raise ValueError("--pretrained: the original downloads the student's weights from GluonNLP's model zoo and "
+                         "nothing downloads here; the released Bort is fetched by `bort fetch "
+                         "s3://alexa-saif-bort/bort.params model/`, and the student starts from a random "
+                         "initialisation (--student-init teacher copies the teacher's layers)")
+    if args.profile is not None:
+        raise ValueError(f"--profile {args.profile}: MXNet's profiler does not exist here; profile with "
+                         f"`python -m cProfile -o {args.profile} run_pretraining_distillation.py …` instead")
+    if args.teacher_model is not None or args.teacher_ckpt_dir is not None:
+        if args.teacher is not None:
+            raise ValueError("give the teacher once: --teacher, or the original's --teacher_model/--teacher_ckpt_dir")
+        _apply_original_teacher(args, notes)
+    if args.start_step:
+        args.resume = True
+        notes.append(f"--start_step {args.start_step}: resuming from the newest checkpoint in "
+                     f"{args.output_dir}/checkpoints")
+    if args.cpu_only:
+        # Hides the GPUs from torch before anything asks for CUDA (the device is chosen at launch).
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    if args.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+    if args.num_buckets is not None:
+        notes.append("--num_buckets: no length buckets here; each batch is padded to its longest record")
+    if args.use_avg_len:
+        notes.append(f"--use_avg_len: --batch_size {args.batch_size} is a number of records per rank here, not "
+                     "of tokens; divide the original's value by the average record length to match it")
+    if args.batch_size_eval is not None and args.batch_size_eval != args.batch_size:
+        notes.append(f"--batch_size_eval {args.batch_size_eval}: evaluation uses --batch_size "
+                     f"{args.batch_size} here (it changes no result, only memory)")
+    if args.dataset_name is not None:
+        notes.append(f"--dataset_name {args.dataset_name}: the shards already hold token ids; nothing is loaded")
+    return notes
+
+
+def _apply_original_teacher(args: argparse.Namespace, notes: list[str]) -> None:
+    """--teacher_model NAME [--teacher_ckpt_dir DIR] as the original reads them: a zoo name is an architecture
+    whose weights are the first .params file in DIR; a path is a checkpoint."""
+    name = args.teacher_model
+    if name is not None and name not in ZOO_TEACHERS:
+        if args.teacher_ckpt_dir is not None or not Path(name).exists():
+            raise ValueError(f"--teacher_model {name!r} is neither a checkpoint on disk nor a GluonNLP model-zoo "
+                             f"name known here ({', '.join(ZOO_TEACHERS)})")
+        args.teacher = name
+        return
+    if args.teacher_ckpt_dir is None:
+        raise ValueError(f"--teacher_model {name} is a GluonNLP model-zoo name and nothing downloads here: pass "
+                         f"--teacher_ckpt_dir DIR holding its .params (as the original accepts), or --teacher with "
+                         f"a {ZOO_TEACHERS[name]} checkpoint (a Hugging Face or native directory, a .params file; "
+                         f"`bort fetch s3://BUCKET/KEY DIR` gets one from S3)")
+    directory = Path(args.teacher_ckpt_dir)
+    params = sorted(directory.glob("*.params")) if directory.is_dir() else []
+    if not params:
+        raise ValueError(f"--teacher_ckpt_dir {directory}: no .params file in it (the original reads the first "
+                         f"one); pass the directory of the teacher's Gluon .params, or --teacher with any checkpoint")
+    args.teacher = str(params[0])
+    if args.teacher_config is None:
+        args.teacher_config = ZOO_TEACHERS.get(name or "roberta_24_1024_16")
+    notes.append(f"teacher: {args.teacher} as {args.teacher_config}")
 
 
 _PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -93,6 +190,8 @@ def settings_from_args(args: argparse.Namespace) -> DistillSettings:
 
 
 def run(args: argparse.Namespace) -> int:
+    for note in apply_original_args(args):
+        logging.getLogger(__name__).info("%s", note)
     summary = run_distillation(settings_from_args(args))
     if summary.get("rank", 0) == 0:
         print(json.dumps(summary))

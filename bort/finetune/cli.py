@@ -1,43 +1,70 @@
-"""Command-line flags of `run_finetune.py` / `bort finetune` (with the original script's names as aliases:
-`--task_name`, `--batch_size`, `--lr`, `--epochs`, `--warmup_ratio`, `--max_len`, `--output_dir`, …)."""
+"""Command-line flags of `run_finetune.py` / `bort finetune`. Every flag of the original `finetune_bort.py` is
+accepted too, with its meaning (`--task_name`, `--pretrained_parameters`, `--ramp_up_epochs`, `--gpu`, …); the
+table in docs/original_commands.md says what each one becomes here."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 
 from ..atomic import WriteError
-from .runner import FinetuneSettings, run_finetune
+from .runner import FinetuneSettings, resolve_task_dir, run_finetune
 from .trainer import HParams
+
+logger = logging.getLogger(__name__)
+
+# The original's `--dataset` choices: the vocabulary GluonNLP downloads. Nothing downloads here; the vocabulary
+# comes from the model's directory or --tokenizer.
+ORIGINAL_DATASETS = ("book_corpus_wiki_en_uncased", "book_corpus_wiki_en_cased",
+                     "openwebtext_book_corpus_wiki_en_uncased", "wiki_multilingual_uncased",
+                     "wiki_multilingual_cased", "wiki_cn_cased", "openwebtext_ccnews_stories_books_cased")
+FETCH_BORT = "bort fetch s3://alexa-saif-bort/bort.params model/"
+
+
+def _original_bool(text: str) -> bool:
+    """The original declares `--no_distributed` and `--use_scheduler` with `type=bool`: any non-empty string
+    (even "False") is true. Kept, so that a command line means what it meant there."""
+    return bool(text)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     h, s = HParams(), FinetuneSettings(task="", model="")
     a = parser.add_argument
     a("--task", "--task_name", dest="task", required=True,
-      help="GLUE/SuperGLUE/RACE task name (case-insensitive), e.g. SST-2, MNLI-mm, BoolQ, ReCoRD, RACE-high")
-    a("--model", "--model_parameters", dest="model", required=True,
+      help="GLUE/SuperGLUE/RACE task name (case-insensitive), e.g. SST-2, MNLI-mm, BoolQ, ReCoRD, RACE-high; "
+           "the original's (SST, SuperGLUERTE, AXb, RACE-H, …) and Hugging Face datasets' (sst2, "
+           "super_glue/boolq, …) names too")
+    a("--model", "--pretrained_parameters", dest="model", default=None,
       help="pretrained checkpoint: anything load_pretrained reads (native/HF directory, Gluon .params, s3://…)")
+    a("--model_parameters", dest="model_parameters", default=None,
+      help="the original's fine-tuned model to start from (any load_pretrained path); wins over --model")
     a("--data-dir", "--data_dir", dest="data_dir", default=s.data_dir,
-      help="the task's directory, or a root holding glue/<Task>, superglue/<Task>, race/RACE")
-    a("--tokenizer", default=None, help="vocabulary file or directory (default: the model directory)")
+      help="the task's directory, or a root holding glue/<Task>, superglue/<Task>, race/RACE; the original's "
+           "locations ($MXNET_HOME or ~/.mxnet)/datasets/race and …/superglue_<task> are searched after it")
+    a("--tokenizer", default=None, help="vocabulary file or directory (default: the model directory, or the "
+                                        "directory of a .params file)")
     a("--output-dir", "--output_dir", dest="output_dir", default=s.output_dir)
     a("--config", default=None, help="JSON object of config overrides, e.g. '{\"attention\": \"bigbird\"}'")
     a("--lr", type=float, default=h.lr)
     a("--batch-size", "--batch_size", dest="batch_size", type=int, default=h.batch_size)
     a("--epochs", type=float, default=h.epochs)
     a("--warmup-ratio", "--warmup_ratio", dest="warmup_ratio", type=float, default=h.warmup_ratio)
-    a("--weight-decay", "--wd", dest="weight_decay", type=float, default=h.weight_decay,
+    a("--weight-decay", "--weight_decay", "--wd", dest="weight_decay", type=float, default=h.weight_decay,
       help="decoupled weight decay (the original's default 110 is multiplied by the learning rate)")
     a("--optimizer", choices=("bertadam", "adamw"), default=h.optimizer)
     a("--eps", "--epsilon", dest="eps", type=float, default=h.eps)
     a("--clip-norm", dest="clip_norm", type=float, default=h.clip_norm, help="gradient norm clip (0: off)")
     a("--seed", type=int, default=h.seed)
     a("--max-length", "--max_len", dest="max_length", type=int, default=s.max_length)
-    a("--max-steps", dest="max_steps", type=int, default=None, help="stop after this many steps")
+    a("--max-steps", "--training_steps", dest="max_steps", type=int, default=None,
+      help="train this many steps (the schedule spans them; epochs are then ignored, as in the original)")
     a("--eval-interval", dest="eval_interval", type=int, default=0, help="steps between dev evaluations "
       "(0: once an epoch)")
+    a("--eval-batch-size", "--dev_batch_size", dest="eval_batch_size", type=int, default=s.eval_batch_size)
+    a("--log-interval", "--log_interval", dest="log_interval", type=int, default=s.log_interval)
     a("--patience", "--early_stop", dest="patience", type=int, default=None,
       help="stop after this many evaluations without a better dev metric")
     a("--dev-split", dest="dev_split", type=int, default=None,
@@ -51,6 +78,135 @@ def add_args(parser: argparse.ArgumentParser) -> None:
       help="replace an earlier run's outputs in --output-dir (best/, metrics.json(l), curves.png, "
            "dev_predictions.jsonl, submission/; other files are kept) instead of refusing the directory")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_original_args(parser)
+
+
+def add_original_args(parser: argparse.ArgumentParser) -> None:
+    """The original `finetune_bort.py` flags that have no counterpart above (see docs/original_commands.md)."""
+    g = parser.add_argument_group("flags of the original finetune_bort.py")
+    a = g.add_argument
+    a("--ramp_up_epochs", type=int, default=None,
+      help="epochs the learning-rate schedule spans; must equal --epochs here")
+    a("--init", choices=("gaussian", "uniform", "orthogonal", "xavier"), default=None,
+      help="the original's classifier initialisation; the head here is normal(0, initializer_range)")
+    a("--prob", type=float, default=None, help="scale of --init (with --init gaussian: the head's std)")
+    a("--dropout", type=float, default=None, help="dropout before the classifier (config classifier_dropout)")
+    a("--momentum", type=float, default=None, help="unused, as in the original (BERTAdam has no momentum)")
+    a("--gpu", type=int, default=None, help="the original's device; None or 999 mean the CPU, as there")
+    a("--use_scheduler", type=_original_bool, default=True,
+      help="warmup + linear decay (the original's type=bool: any non-empty value is true)")
+    a("--accumulate", type=int, default=None,
+      help="gradient accumulation: the effective batch --batch_size × N is used as the batch")
+    a("--no_distributed", type=_original_bool, default=False, help="accepted: fine-tuning runs one process")
+    a("--dataset", choices=ORIGINAL_DATASETS, default=None,
+      help="the original's vocabulary name; the vocabulary comes from the model directory or --tokenizer")
+    a("--only_inference", action="store_true", help="refused: use the fine-tuned model's own predictions")
+    a("--dtype", choices=("float32", "float16"), default="float32",
+      help="float32 (float16 is refused: fine-tuning runs in float32)")
+    a("--multirc_test_location", default=None, help="the MultiRC test.jsonl; its directory is searched for data")
+    a("--record_test_location", default=None, help="the ReCoRD test.jsonl; its directory is searched for data")
+    a("--record_dev_location", default=None, help="the ReCoRD val.jsonl; its directory is searched for data")
+    a("--race_dataset_location", default=None, help="the RACE directory (train/dev/test/{high,middle})")
+
+
+def apply_original_args(args: argparse.Namespace) -> list[str]:
+    """Fold the original's flags into ours. Raises ValueError, saying what to pass instead, for those that cannot
+    apply; returns the notes to log for those accepted without an effect here."""
+    notes: list[str] = []
+    if args.model_parameters:
+        args.model = args.model_parameters
+    if not args.model:
+        raise ValueError("no model: pass --model (or the original's --pretrained_parameters) with a checkpoint; "
+                         f"the released Bort weights are fetched by `{FETCH_BORT}` (or `aws s3 cp "
+                         "s3://alexa-saif-bort/bort.params model/`)")
+    if args.gpu is not None and args.gpu != 999:
+        raise ValueError(f"--gpu {args.gpu}: fine-tuning here runs on the CPU; drop --gpu or pass --gpu 999 (the "
+                         "original's value for the CPU)")
+    if args.dtype == "float16":
+        raise ValueError("--dtype float16: fine-tuning here runs in float32; drop --dtype (or pass float32)")
+    if args.only_inference:
+        raise ValueError("--only_inference: no inference-only mode here; the fine-tuned model's dev predictions "
+                         "and test submission are written by the run that trains it (--output-dir), and "
+                         "load_pretrained(DIR/best) gives the model for other inputs")
+    if not args.use_scheduler:
+        raise ValueError("--use_scheduler '' (a constant learning rate) is not available here: the schedule is "
+                         "warmup then linear decay; pass --warmup_ratio 0 for no warmup")
+    if args.ramp_up_epochs is not None and args.ramp_up_epochs != args.epochs and args.max_steps is None:
+        raise ValueError(f"--ramp_up_epochs {args.ramp_up_epochs} differs from --epochs {args.epochs:g}: the "
+                         "schedule here spans the whole run; pass --epochs equal to --ramp_up_epochs (and "
+                         "--max-steps to stop earlier), or --training_steps")
+    if args.accumulate and args.accumulate > 1:
+        notes.append(f"--accumulate {args.accumulate}: training with batches of --batch_size {args.batch_size} "
+                     f"× {args.accumulate} = {args.batch_size * args.accumulate} (the same effective batch)")
+        args.batch_size *= args.accumulate
+    if args.dropout is not None:
+        config = json.loads(args.config) if args.config else {}
+        if isinstance(config, dict):
+            args.config = json.dumps({**config, "classifier_dropout": args.dropout})
+    if args.init is not None or args.prob is not None:
+        notes.append("--init/--prob: the new classifier head is initialised normal(0, initializer_range) here")
+    if args.momentum is not None:
+        notes.append("--momentum: unused, as in the original (BERTAdam has no momentum)")
+    if args.no_distributed:
+        notes.append("--no_distributed: fine-tuning runs in one process here anyway")
+    if args.dataset is not None:
+        notes.append(f"--dataset {args.dataset}: the vocabulary is the model directory's (or --tokenizer's)")
+    if args.tokenizer is None and str(args.model).endswith(".params") and Path(args.model).is_file():
+        args.tokenizer = _vocabulary_beside(Path(args.model))
+    return notes
+
+
+_VOCABULARY_FILES = ("tokenizer.json", "vocab.json", "encoder.json", "vocab.txt")
+
+
+def _vocabulary_beside(params: Path) -> str:
+    """A Gluon `.params` file holds weights only: its vocabulary must sit in the same directory."""
+    if any((params.parent / name).is_file() for name in _VOCABULARY_FILES):
+        return str(params.parent)
+    raise ValueError(f"{params} holds no vocabulary and none sits beside it (expected one of "
+                     f"{', '.join(_VOCABULARY_FILES)} in {params.parent}/): put Bort's RoBERTa vocabulary "
+                     f"(vocab.json + merges.txt, e.g. from Hugging Face's roberta-base) there, or pass --tokenizer")
+
+
+def original_data_dirs(task_name: str, args: argparse.Namespace) -> list[Path]:
+    """Where the original looked for the task's data, in its order after --data-dir: the locations given by its
+    flags, then GluonNLP's dataset directory ($MXNET_HOME, default ~/.mxnet, /datasets/…)."""
+    from ..data.tasks import get_task
+    from ..data.tasks.race import RACE_TASKS
+    from ..data.tasks.superglue import SUPERGLUE_TASKS
+
+    task = get_task(task_name)
+    found: list[Path] = []
+    if args.race_dataset_location and task.name in RACE_TASKS:
+        found.append(Path(args.race_dataset_location).expanduser())
+    for location in (args.multirc_test_location, args.record_dev_location, args.record_test_location):
+        if location:
+            found.append(Path(location).expanduser().parent)
+    datasets = Path(os.environ.get("MXNET_HOME", "~/.mxnet")).expanduser() / "datasets"
+    if task.name in RACE_TASKS:
+        found.append(datasets / "race")
+    elif task.name in SUPERGLUE_TASKS:
+        found.append(datasets / f"superglue_{SUPERGLUE_TASKS[task.name].subdir.lower()}")
+    return found
+
+
+def _has_task_data(task_name: str, directory: str | Path) -> bool:
+    from ..data.tasks import get_task
+
+    task = get_task(task_name)
+    return any(p.exists() for p in task.files(resolve_task_dir(task, directory), "dev"))
+
+
+def _choose_data_dir(args: argparse.Namespace) -> None:
+    """Keep --data-dir when it holds the task; otherwise the first of the original's locations that does."""
+    if _has_task_data(args.task, args.data_dir):
+        return
+    for candidate in original_data_dirs(args.task, args):
+        if _has_task_data(args.task, candidate):
+            logger.info("no %s data under %s; using %s (the original's location)", args.task, args.data_dir,
+                        candidate)
+            args.data_dir = str(candidate)
+            return
 
 
 def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
@@ -63,13 +219,17 @@ def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
     return FinetuneSettings(task=args.task, model=args.model, data_dir=args.data_dir, tokenizer=args.tokenizer,
                             output_dir=args.output_dir, hparams=hp, max_length=args.max_length,
                             eval_interval=args.eval_interval, patience=args.patience, max_steps=args.max_steps,
-                            dev_split=args.dev_split, split_seed=args.split_seed,
-                            skip_bad_rows=args.skip_bad_rows, dam_lambda=args.dam_lambda, config=config,
-                            progress=args.progress, overwrite=args.overwrite)
+                            eval_batch_size=args.eval_batch_size, dev_split=args.dev_split,
+                            split_seed=args.split_seed, skip_bad_rows=args.skip_bad_rows,
+                            dam_lambda=args.dam_lambda, config=config, progress=args.progress,
+                            log_interval=args.log_interval, overwrite=args.overwrite)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        for note in apply_original_args(args):
+            logger.info("%s", note)
+        _choose_data_dir(args)
         summary = run_finetune(settings_from_args(args))
     except (ValueError, FileNotFoundError, FloatingPointError, WriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
