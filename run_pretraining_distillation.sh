@@ -4,8 +4,8 @@
 # TRAIN_DATA/TEST_DATA are shard files or globs (quote globs). TEACHER is, as in the original, a directory holding
 # the RoBERTa-large teacher's Gluon .params (--teacher_ckpt_dir), or here any checkpoint load_pretrained reads;
 # without one (nor BORT_TEACHER) the student trains on the MLM loss alone (nothing downloads here).
-# TRAIN_DATA=TEST: the original's test: shards from test_data/sample_text.txt (vocabulary: BORT_VOCAB, default
-# model/, holding Bort's RoBERTa vocab.json + merges.txt), then 4 steps of batch 2 on the CPU.
+# TRAIN_DATA=TEST: the original's test: shards from test_data/sample_text.txt (vocabulary: Bort's, shipped with the
+# package, or BORT_VOCAB), then 4 steps of batch 2 on the CPU.
 # The hyper-parameters are the original script's; float32 unless BORT_DTYPE=float16 (a GPU precision).
 # ./scripts/run_pretraining_distillation.sh takes the same positional arguments with this suite's flag names.
 set -euo pipefail
@@ -29,15 +29,18 @@ if [ "$TRAIN_DATA_DIR" = "TEST" ]; then
   DTYPE=float32
   CPU_ONLY=(--cpu_only)
   TEST_DIR=pretraining_distillation_test
-  vocab=${BORT_VOCAB:-model}
-  if [ ! -e "$vocab/vocab.json" ] && [ ! -f "$vocab" ]; then
-    echo "$0: TEST needs Bort's RoBERTa vocabulary (vocab.json + merges.txt) in $vocab/, or BORT_VOCAB=PATH" >&2
-    exit 2
+  vocab=()  # default: Bort's vocabulary, shipped with the package (--dataset_name below means it)
+  if [ -n "${BORT_VOCAB:-}" ]; then
+    if [ ! -e "$BORT_VOCAB" ]; then
+      echo "$0: BORT_VOCAB=$BORT_VOCAB does not exist (a vocabulary file or a directory holding one)" >&2
+      exit 2
+    fi
+    vocab=(--vocab "$BORT_VOCAB")
   fi
   rm -rf "$TEST_DIR"
   mkdir -p "$TEST_DIR"
   python3 "$here/create_pretraining_data.py" --input_file="$here/test_data/sample_text.txt" \
-    --output_dir="$TEST_DIR" --vocab "$vocab" --dataset_name openwebtext_ccnews_stories_books_cased \
+    --output_dir="$TEST_DIR" ${vocab[@]+"${vocab[@]}"} --dataset_name openwebtext_ccnews_stories_books_cased \
     --dupe_factor 1 --num_workers 1 --quiet
   DIR_NAME=$TEST_DIR/${MODEL_NAME}_model
   TRAIN_DATA_DIR="$TEST_DIR/part-*.rec"

@@ -31,6 +31,7 @@ __all__ = [
     "GPT2_SPECIAL_TOKENS",
     "Encoding",
     "BortTokenizer",
+    "BORT_VOCABULARY",
     "load_tokenizer",
     "train_tokenizer",
     "add_train_tokenizer_args",
@@ -42,6 +43,10 @@ __all__ = [
 WORDPIECE = "wordpiece"
 BPE = "bpe"
 KINDS = (WORDPIECE, BPE)
+
+# The released Bort's vocabulary (RoBERTa's byte-level BPE, 50,265 ids; MIT, see its README), shipped with the
+# package because `bort.params` holds weights only: `load_tokenizer(BORT_VOCABULARY)`.
+BORT_VOCABULARY = Path(__file__).parent / "resources" / "bort-vocab"
 
 PathLike = Union[str, "os.PathLike[str]"]
 

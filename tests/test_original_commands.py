@@ -163,12 +163,16 @@ def test_finetune_original_flags_that_cannot_apply_say_what_to_pass(extra, expec
     assert expected in str(info.value)
 
 
-def test_params_model_without_a_vocabulary_beside_it_is_refused_by_name(tmp_path):
+def test_params_model_takes_the_vocabulary_beside_it_else_the_released_borts(tmp_path):
+    from bort.tokenization import BORT_VOCABULARY, load_tokenizer
+
     params = tmp_path / "bort.params"
     params.write_bytes(b"\x00")
     args = _parser(finetune_cli.add_args).parse_args(["--task_name", "BoolQ", "--pretrained_parameters", str(params)])
-    with pytest.raises(ValueError, match=r"bort\.params holds no vocabulary.*vocab\.json"):
-        finetune_cli.apply_original_args(args)
+    finetune_cli.apply_original_args(args)
+    assert args.tokenizer == str(BORT_VOCABULARY)
+    bort_vocab = load_tokenizer(args.tokenizer)  # RoBERTa's ids, as the released Bort's embedding expects
+    assert bort_vocab.vocab_size == 50265 and bort_vocab.encode("Hello world").ids == [0, 31414, 232, 2]
     (tmp_path / "vocab.json").write_text("{}")
     args = _parser(finetune_cli.add_args).parse_args(["--task_name", "BoolQ", "--pretrained_parameters", str(params)])
     finetune_cli.apply_original_args(args)
@@ -273,7 +277,7 @@ def test_run_finetune_sh_test_modes_run_like_the_originals(mode, task, tiny_robe
 def test_run_pretraining_distillation_sh_test_mode_trains_on_the_sample_text(tmp_path):
     student = json.dumps({"preset": "bort_4_8_768_1024", "hidden_size": 32, "num_attention_heads": 2,
                           "intermediate_size": 32, "num_hidden_layers": 1})
-    env = _env(BORT_VOCAB=str(shared_path(ROBERTA_VOCAB)))
+    env = _env()  # the vocabulary shipped with the package
     r = subprocess.run([str(REPO / "run_pretraining_distillation.sh"), "1", "TEST", "TEST", "--model", student,
                         "--no-progress", "--no-plot"], cwd=tmp_path, capture_output=True, text=True, env=env,
                        timeout=300)
@@ -286,3 +290,37 @@ def test_run_pretraining_distillation_sh_test_mode_trains_on_the_sample_text(tmp
     r = subprocess.run([str(REPO / "run_pretraining_distillation.sh"), "1", "TEST", "TEST"], cwd=tmp_path,
                        capture_output=True, text=True, env=_env(BORT_VOCAB=str(tmp_path / "none")), timeout=60)
     assert r.returncode == 2 and "BORT_VOCAB" in r.stderr
+
+
+def test_shipped_bort_vocabulary_is_robertas():
+    """The vocabulary shipped for `bort.params` is byte for byte RoBERTa's (the real files in the shared data)."""
+    from bort.tokenization import BORT_VOCABULARY
+
+    for name in ("vocab.json", "merges.txt"):
+        assert (BORT_VOCABULARY / name).read_bytes() == shared_path(ROBERTA_VOCAB, name).read_bytes()
+
+
+def test_run_finetune_sh_boolq_with_only_bort_params_in_model(tmp_path):
+    """The original README's command, verbatim: `./run_finetune.sh BoolQ` with nothing but the Gluon weights at
+    model/bort.params (here a tiny Bort of the released vocabulary, written by our exporter): the vocabulary is
+    the shipped one, the data the original's BoolQ layout."""
+    import torch
+
+    from bort.checkpoint import save_pretrained
+    from bort.config import BortConfig
+    from bort.model import BortForMaskedLM
+
+    cfg = BortConfig(**{**BortConfig.preset("bort_4_8_768_1024").to_dict(), "hidden_size": 32,
+                        "num_hidden_layers": 1, "intermediate_size": 32})
+    torch.manual_seed(0)
+    save_pretrained(BortForMaskedLM(cfg), tmp_path / "model" / "bort.params", format="gluon")
+    rows = shared_path("data", "superglue", "BoolQ", "train.jsonl").read_text().splitlines()
+    (tmp_path / "data" / "superglue" / "BoolQ").mkdir(parents=True)
+    (tmp_path / "data" / "superglue" / "BoolQ" / "train.jsonl").write_text("\n".join(rows[:24]) + "\n")
+    (tmp_path / "data" / "superglue" / "BoolQ" / "val.jsonl").write_text("\n".join(rows[24:]) + "\n")
+    env = {k: v for k, v in _env().items() if not k.startswith("BORT_")}
+    r = subprocess.run([str(REPO / "run_finetune.sh"), "BoolQ", "--max-steps", "2", "--max_len", "64",
+                        "--no-progress"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["task"] == "BoolQ"
+    assert (tmp_path / "finetune_output" / "BoolQ" / "metrics.json").is_file()

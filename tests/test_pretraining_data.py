@@ -244,10 +244,15 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert status == 0 and "wrote" in out and "first instance" in out
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == [  # the run's lock file stays (empty)
         ".bort-run.lock", "part-000.idx", "part-000.rec", "part-001.idx", "part-001.rec", "summary.json"]
+    # Bort's own dataset name means the vocabulary shipped with the package (offline, as the original's meaning)
+    assert main(["--input_file", str(SAMPLE), "--output_dir", str(tmp_path / "bort"),
+                 "--dataset_name", "openwebtext_ccnews_stories_books_cased", "--quiet"]) == 0
+    assert PretrainingShard(tmp_path / "bort" / "part-000.rec").header["vocab_size"] == 50265
+    # any other dataset name needs its vocabulary file
     assert main(["--input_file", str(SAMPLE), "--output_dir", str(tmp_path / "x"),
-                 "--dataset_name", "openwebtext_ccnews_stories_books_cased"]) == 2
+                 "--dataset_name", "book_corpus_wiki_en_uncased"]) == 2
     err = capsys.readouterr().err
-    assert "RoBERTa" in err and "--vocab" in err and "nothing is downloaded" in err
+    assert "WordPiece" in err and "--vocab" in err and "nothing is downloaded" in err
     assert main(["--input_file", str(tmp_path / "none*.txt"), "--output_dir", str(tmp_path / "x"),
                  "--vocab", str(vocab)]) == 2
     assert "no input file matches" in capsys.readouterr().err

@@ -62,12 +62,15 @@ def read_checkpoint(path: str | os.PathLike, config: ConfigSpec = None
 
         params = read_params(path)
         inferred = infer_gluon_config(params)
-        if config is None:
+        if config is None or (isinstance(config, dict) and "preset" not in config):
             try:
                 cfg = BortConfig.preset("bort_4_8_768_1024", **inferred)
             except ConfigError as err:  # shapes no Bort model has (a damaged file, or another model's)
                 raise CheckpointError(f"{path}: the array shapes imply an impossible config "
                                       f"({', '.join(f'{k}={v}' for k, v in inferred.items())}): {err}") from None
+            # A dict of fields overrides the sizes read off the shapes, as it overrides a directory's stored
+            # config (e.g. {"num_labels": 3} from the fine-tuning recipe, or the head count shapes cannot tell).
+            cfg = _apply_config(cfg, config, str(path))
         else:
             cfg = _resolve(config, str(path))
         saved_task = None

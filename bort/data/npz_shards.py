@@ -41,7 +41,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from .instance_format import FORMAT, FORMAT_VERSION, decode_header, encode_header, vocab_hash
-from .pretraining_dataset import PretrainingDataError
+from .pretraining_dataset import PretrainingDataError, instance_index
 
 __all__ = ["NPZ_KEYS", "NpzShard", "SafeArrayUnpickler", "write_npz_shard", "rec_to_npz", "is_npz_path",
            "header_for_tokenizer"]
@@ -290,11 +290,7 @@ class NpzShard:
         return len(self._fields["valid_lengths"])
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"{self.path}: instance {i} out of range ({n} instances)")
+        i = instance_index(self.path, i, len(self))
         f = self._fields
 
         def fail(key: str, what: str) -> PretrainingDataError:

@@ -49,7 +49,9 @@ from .text_chunks import iter_chunks, resolve_inputs
 __all__ = ["InstanceSettings", "create_pretraining_data", "add_args", "run", "PretrainingShard",
            "PretrainingDataset", "PretrainingDataError", "collate", "DATASET_VOCABULARIES"]
 
-# The original's --dataset_name values and the vocabulary each one means (nothing is downloaded here).
+# The original's --dataset_name values and the vocabulary each one means (nothing is downloaded here; Bort's own
+# is shipped with the package, the others must be given with --vocab).
+BORT_DATASET = "openwebtext_ccnews_stories_books_cased"
 DATASET_VOCABULARIES = {
     "openwebtext_ccnews_stories_books_cased":
         ("bpe", "the RoBERTa byte-level BPE vocabulary Bort uses (vocab.json + merges.txt, 50,265 ids)"),
@@ -378,6 +380,10 @@ def _load_tokenizer(args: argparse.Namespace) -> Any:
     from ..tokenization import load_tokenizer
 
     expected = DATASET_VOCABULARIES.get(args.dataset_name) if args.dataset_name else None
+    if args.vocab is None and args.dataset_name == BORT_DATASET:
+        from ..tokenization import BORT_VOCABULARY
+
+        return load_tokenizer(BORT_VOCABULARY)  # shipped with the package: the original's meaning, offline
     if args.vocab is None:
         if expected is not None:
             raise ValueError(f"--dataset_name {args.dataset_name} means {expected[1]}; nothing is downloaded, "

@@ -43,6 +43,14 @@ class PretrainingDataError(ValueError):
     """A shard that is not usable as asked: wrong format or vocabulary, or damaged records."""
 
 
+def instance_index(path: Path, i: int, n: int) -> int:
+    """`i` as a 0-based index into a shard of `n` instances (negative counts from the end, as for a list);
+    IndexError naming the shard when it is outside."""
+    if not -n <= i < n:
+        raise IndexError(f"{path}: instance {i} out of range ({n} instances)")
+    return i + n if i < 0 else i
+
+
 class PretrainingShard:
     """One shard: `header` (record 0, a dict), `len(shard)` instances, `shard[i]` → dict of numpy arrays
     (`input_ids`, `masked_positions`, `masked_ids` int32; `valid_length`, `is_random_next` 0-d).
@@ -125,11 +133,7 @@ class PretrainingShard:
         return len(self._offsets) - 1
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"{self.path}: instance {i} out of range ({n} instances)")
+        i = instance_index(self.path, i, len(self))
         payload = self._reader.read_at(self._offsets[i + 1], i + 1)
         try:
             return decode_instance(payload, self.vocab_size, self.max_seq_length)

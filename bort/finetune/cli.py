@@ -160,12 +160,16 @@ _VOCABULARY_FILES = ("tokenizer.json", "vocab.json", "encoder.json", "vocab.txt"
 
 
 def _vocabulary_beside(params: Path) -> str:
-    """A Gluon `.params` file holds weights only: its vocabulary must sit in the same directory."""
+    """A Gluon `.params` file holds weights only: its vocabulary is the one in the same directory, else the
+    released Bort's (shipped with the package; a model of another vocabulary size is refused by the runner,
+    which compares the two before training)."""
     if any((params.parent / name).is_file() for name in _VOCABULARY_FILES):
         return str(params.parent)
-    raise ValueError(f"{params} holds no vocabulary and none sits beside it (expected one of "
-                     f"{', '.join(_VOCABULARY_FILES)} in {params.parent}/): put Bort's RoBERTa vocabulary "
-                     f"(vocab.json + merges.txt, e.g. from Hugging Face's roberta-base) there, or pass --tokenizer")
+    from ..tokenization import BORT_VOCABULARY
+
+    logger.info("%s: no vocabulary beside it (%s); using the released Bort's, %s", params,
+                ", ".join(_VOCABULARY_FILES), BORT_VOCABULARY)
+    return str(BORT_VOCABULARY)
 
 
 def original_data_dirs(task_name: str, args: argparse.Namespace) -> list[Path]:

@@ -146,6 +146,10 @@ def _run_finetune(settings: FinetuneSettings, task: Any, out: Path) -> dict[str,
 
     torch.manual_seed(settings.hparams.seed)  # the fresh head's initialisation
     model = load_model_for(task, settings.model, settings.config)
+    if tokenizer.vocab_size > model.config.vocab_size:  # its ids would index past the embedding mid-training
+        raise ValueError(f"the tokenizer ({settings.tokenizer or settings.model}) has {tokenizer.vocab_size} ids but "
+                         f"the model {settings.model} embeds {model.config.vocab_size}: pass --tokenizer with the "
+                         "vocabulary the model was trained with")
     if settings.dam_lambda and mask_penalty(model) is None:
         raise ValueError(f"--dam-lambda {settings.dam_lambda} needs a model with dam_s/dam_u attention; "
                          f"{settings.model} uses {model.config.attention!r}")
