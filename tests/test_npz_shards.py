@@ -316,6 +316,53 @@ def test_original_loader_batches_our_npz(rec_dir, tmp_path) -> None:
         assert g["segments"] == raw["segment_ids"][i].tolist()
 
 
+ORIGINAL_TRAINS = """
+import sys, types, json
+import mxnet as mx
+import numpy as np
+import gluonnlp as nlp
+sys.modules["mxboard"] = types.ModuleType("mxboard")  # imported for logging only; not in the side venv
+sys.modules["mxboard"].SummaryWriter = None
+from bort import bort as original
+from utils.pretraining_distillation_utils import forward, get_pretrain_data_npz
+
+vocab_size = int(sys.argv[2])
+# A local vocabulary of the data's size instead of the model zoo's download; only its size shapes the model.
+vocab = nlp.Vocab(nlp.data.count_tokens(["w%d" % i for i in range(vocab_size - 4)]), unknown_token="<unk>",
+                  padding_token="<pad>", bos_token="<s>", eos_token="</s>")
+original.predefined_borts["bort_tiny"] = dict(original.bort_4_8_768_1024_hparams, num_layers=1, units=16,
+                                              hidden_size=16, num_heads=2, embed_size=16, max_length=64)
+model = original.get_bort_model("bort_tiny", dataset_name=None, vocab=vocab, pretrained=False)[0]
+model.initialize(mx.init.Normal(0.02))
+trainer = mx.gluon.Trainer(model.collect_params(), "adam", {"learning_rate": 1e-2})
+mlm_loss = mx.gluon.loss.SoftmaxCELoss()
+losses = []
+for loader in get_pretrain_data_npz(sys.argv[1], 4, 1, False, False, 1):
+    for batch in loader:
+        with mx.autograd.record():
+            loss = forward(batch, model, mlm_loss, vocab_size, "float32", is_eval=True)[0]
+        loss.backward()
+        trainer.step(1)
+        losses.append(float(loss.asscalar()))
+        if len(losses) == 3:
+            break
+    break
+print(json.dumps(losses))
+"""
+
+
+@pytest.mark.gluon
+def test_our_npz_trains_in_the_original_pipeline(rec_dir, tmp_path, roberta) -> None:
+    """The original's loader batches our npz and its own forward (MLM loss at the masked positions) trains a
+    tiny original Bort on those batches: three Adam steps, finite losses that move."""
+    from original_bort import run_original
+
+    rec_to_npz(rec_dir / "part-000.rec", tmp_path / "part-000.npz")
+    losses = json.loads(run_original(ORIGINAL_TRAINS, tmp_path, str(tmp_path / "part-000.npz"),
+                                     str(roberta.vocab_size)).stdout.strip().splitlines()[-1])
+    assert len(losses) == 3 and all(np.isfinite(losses)) and losses[0] > 0 and losses[1] != losses[0]
+
+
 ORIGINAL_WRITER = """
 import sys, random
 import gluonnlp as nlp
