@@ -26,6 +26,15 @@ Deliberate settings (all recorded in the JSON):
 `--mechanisms` also takes the rows of `VARIANTS` (e.g. `yoso_bwd8`: yoso whose LSH backward reads 8 of its 32
 hashes).
 
+`--recipe paper` trains as the YOSO paper's LRA code (`bort.lra.tasks.RECIPES`: OneCycleLR from lr/25 with
+Adam's β1 cycling 0.95 → 0.85 → 0.95, dropout between the FFN projections, mean pooling over the 2,048-row
+padded length, a 2,048-row position table, YOSO as its `yoso-v1-32`: fast Hadamard hash, 32 hashes, LSH
+backward); the same steps, peak lr, warmup fraction and batches as the default ("bort") recipe, so that only
+the recipe differs. Its rows are labelled "<mechanism> [paper]"; `--merge` adds them to the existing result
+files (rows of other labels are kept, each run's time ratios stay within that run).
+
+    python bench/lra_listops.py --recipe paper --mechanisms dense yoso --merge
+
 Not part of `run_all.py`: the full table takes ~25 minutes (YOSO's steps are ~80% of it), and a reduced
 run would not show learning. The recorded table ran with `--threads 1`: the machine was shared with other
 jobs, and there two intra-op threads made a step ~7x slower (thread spin-waits), one thread did not.
@@ -33,6 +42,7 @@ jobs, and there two intra-op threads made a step ~7x slower (thread spin-waits),
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -50,7 +60,7 @@ from bench import common  # noqa: E402
 from bort.attention import available_attention, patterns  # noqa: E402
 from bort.lra.data import load_splits  # noqa: E402
 from bort.lra.runner import LRASettings, LRATrainer  # noqa: E402
-from bort.lra.tasks import get_task  # noqa: E402
+from bort.lra.tasks import RECIPES, get_recipe, get_task  # noqa: E402
 
 NAME = "lra_listops"
 REPO = Path(__file__).resolve().parents[1]
@@ -82,11 +92,18 @@ def runnable(labels: list[str]) -> tuple[list[str], list[str]]:
     return ok, [m for m in labels if m not in ok]
 
 
+def row_label(label: str, recipe: str) -> str:
+    """A table row's name: the mechanism's label, with "[recipe]" unless it is ours (the default)."""
+    return label if recipe == "bort" else f"{label} [{recipe}]"
+
+
 def _settings(label: str, args: argparse.Namespace, out: Path) -> LRASettings:
     mechanism, params = attention_of(label, PARAMS)
+    if args.recipe != "bort" and mechanism in ("yoso", "yoso_e") and label not in VARIANTS:
+        params = None  # the recipe's settings for the mechanism (the paper's `yoso-v1-32` / `yoso-e`)
     return LRASettings(
         task="listops", data=str(args.data), output_dir=str(out / label), attention=mechanism,
-        attention_params=params, model_overrides={"attention_probs_dropout_prob": 0.0},
+        recipe=args.recipe, attention_params=params, model_overrides={"attention_probs_dropout_prob": 0.0},
         max_steps=args.steps, lr=args.lr, eval_interval=args.eval_interval, dev_size=args.dev_size,
         test_size=args.test_size, split_seed=0, seed=args.seed,
         dam_lambda=DAM_LAMBDA if mechanism.startswith("dam") else 0.0, progress=False)
@@ -183,16 +200,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(prefix="lra_listops_"))
     start = time.perf_counter()
     try:
-        trainers = {m: LRATrainer(_settings(m, args, out), splits) for m in mechanisms}
+        trainers = {row_label(m, args.recipe): LRATrainer(_settings(m, args, out), splits) for m in mechanisms}
         for trainer in trainers.values():
             trainer.clear_outputs()
         rounds = train_interleaved(trainers, args.chunk, start)
         rows, curves, summaries = [], {}, {}
-        for m in mechanisms:
+        reference = row_label("dense", args.recipe)
+        for m in trainers:
             summary = summaries[m] = trainers[m].finish()
-            ratio = round_ratio(rounds, m)
+            ratio = round_ratio(rounds, m, reference)
             rows.append({
-                "mechanism": m, "attention_params": summary["attention_params"], "steps": summary["steps"],
+                "mechanism": m, "recipe": args.recipe, "attention_params": summary["attention_params"],
+                "steps": summary["steps"],
                 "best_step": summary["best_step"], "dev_accuracy": summary["dev_accuracy"],
                 "test_accuracy": summary["test_accuracy"], "majority_accuracy": summary["majority_accuracy"],
                 "ms_per_step_median": summary["ms_per_step"], "ms_per_step_q1": summary["ms_per_step_q1"],
@@ -200,16 +219,47 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "ms_per_step_mean": 1000 * summary["train_seconds"] / max(1, summary["steps"]),
                 "train_seconds": summary["train_seconds"], "eval_seconds": summary["eval_seconds"],
                 "total_seconds": summary["train_seconds"] + summary["eval_seconds"],
-                "time_vs_dense": ratio, **_extras(m, trainers[m])})
+                "time_vs_dense": ratio, **_extras(trainers[m].mechanism, trainers[m])})
             curves[m] = [(h["step"], h["dev_accuracy"]) for h in trainers[m].history]
+        wall = time.perf_counter() - start
         return portable({"rows": rows, "curves": curves, "missing_mechanisms": missing,
-                        "majority_class": summaries[mechanisms[0]]["majority_class"] if mechanisms else None,
+                        "majority_class": next(iter(summaries.values()))["majority_class"] if summaries else None,
                         "sizes": {s: len(getattr(splits, s)) for s in ("train", "dev", "test")},
-                        "data": splits.source, "settings": {m: trainers[m].values for m in mechanisms},
-                        "round_seconds": rounds, "chunk": args.chunk, "wall_seconds": time.perf_counter() - start,
-                        "threads": args.threads, "machine": common.machine_info()}, str(out))
+                        "data": splits.source, "settings": {m: trainers[m].values for m in trainers},
+                        "round_seconds": rounds, "chunk": args.chunk, "wall_seconds": wall,
+                        "threads": args.threads, "machine": common.machine_info(),
+                        "runs": [{"recipe": args.recipe, "rows": list(trainers), "chunk": args.chunk,
+                                  "threads": args.threads, "wall_seconds": wall,
+                                  "date": time.strftime("%Y-%m-%d")}]}, str(out))
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def runs_of(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs a result holds; files written before merging existed hold one run of our recipe."""
+    return result.get("runs") or [{"recipe": "bort", "rows": [r["mechanism"] for r in result["rows"]],
+                                   "chunk": result["chunk"], "threads": result["threads"],
+                                   "wall_seconds": result["wall_seconds"]}]
+
+
+def merge(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`new`'s rows added to `previous`'s: a row of the same label is replaced, every other row, curve, setting
+    and round time kept. Both must be on the same data and splits (else ValueError)."""
+    for key in ("data", "sizes"):
+        if previous.get(key) != new.get(key):
+            raise ValueError(f"cannot merge: the earlier results have {key} {previous.get(key)!r}, this run "
+                             f"{new.get(key)!r}")
+    labels = {row["mechanism"] for row in new["rows"]}
+    merged = dict(previous)
+    merged["rows"] = [{**row, "recipe": row.get("recipe", "bort")} for row in previous["rows"]
+                      if row["mechanism"] not in labels] + new["rows"]
+    for key in ("curves", "settings", "round_seconds"):
+        merged[key] = {k: v for k, v in previous.get(key, {}).items() if k not in labels} | new[key]
+    kept = [{**run, "rows": [r for r in run["rows"] if r not in labels]} for run in runs_of(previous)]
+    merged["runs"] = [run for run in kept if run["rows"]] + new["runs"]
+    merged["missing_mechanisms"] = sorted(set(previous.get("missing_mechanisms", [])) |
+                                          set(new["missing_mechanisms"]))
+    return merged
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -219,13 +269,15 @@ def markdown(result: dict[str, Any]) -> str:
         ratio = row["time_vs_dense"]
         table.append({
             "mechanism": row["mechanism"],
+            "recipe": row.get("recipe", "bort"),
             "test acc": f"{100 * row['test_accuracy']:.1f}%",
             "dev acc (best)": f"{100 * row['dev_accuracy']:.1f}% @ {row['best_step']}",
             "majority class": f"{100 * row['majority_accuracy']:.1f}%",
             "ms/step median [q1, q3]": f"{row['ms_per_step_median']:.0f} [{row['ms_per_step_q1']:.0f}, "
                                        f"{row['ms_per_step_q3']:.0f}]",
             "ms/step mean": f"{row['ms_per_step_mean']:.0f}",
-            "time / dense, per round: median [q1, q3]": "1" if ratio is None and row["mechanism"] == "dense" else
+            "time / dense, per round: median [q1, q3]": "1" if ratio is None and row["mechanism"] ==
+            row_label("dense", row.get("recipe", "bort")) else
             ("—" if ratio is None else f"{ratio['median']:.2f} [{ratio['q1']:.2f}, {ratio['q3']:.2f}]"),
             "train + eval time": f"{row['train_seconds'] / 60:.1f} + {row['eval_seconds'] / 60:.1f} min",
         })
@@ -237,6 +289,11 @@ def markdown(result: dict[str, Any]) -> str:
             notes.append(f"- {row['mechanism']}: " + ", ".join(f"{k} {v:.1f}" for k, v in extra.items()))
     missing = result["missing_mechanisms"]
     settings = next(iter(result["settings"].values()))
+    runs = runs_of(result)
+    run_lines = [f"- {', '.join(run['rows'])} (recipe {run['recipe']}): interleaved in one process "
+                 f"({run['chunk']}-step rounds, {run['threads']} thread(s)), wall time {run['wall_seconds'] / 60:.1f} "
+                 f"min{', ' + run['date'] if run.get('date') else ''}" for run in runs]
+    recipes = sorted({row.get("recipe", "bort") for row in rows})
     return "\n".join([
         "# Learning on real ListOps: attention mechanisms in the LRA encoder", "",
         f"Real ListOps rows (original release, 8,000 rows) split {sizes['train']} train / {sizes['dev']} dev / "
@@ -244,8 +301,14 @@ def markdown(result: dict[str, Any]) -> str:
         f"mean pooling), {settings['max_steps']} steps of batch {settings['batch_size']} for every mechanism "
         f"(length-bucketed), AdamW lr {settings['lr']:g}, warmup {settings['warmup_ratio']:.0%} then linear decay, "
         f"dev every {settings['eval_interval']} steps; test accuracy of the best dev checkpoint reloaded from disk. "
-        f"Runs interleaved in one process ({result['chunk']}-step rounds, {result['threads']} thread(s)); "
-        f"wall time {result['wall_seconds'] / 60:.1f} min. Settings and reasons: `bench/lra_listops.py`.", "",
+        f"Settings and reasons: `bench/lra_listops.py`.", "",
+        *([f"Recipes: {', '.join(recipes)}. bort: linear warmup from ~0 then linear decay, β1 0.9, mean pooling "
+           "over real tokens, no FFN dropout, 2,000 positions. paper (the YOSO paper's LRA code, "
+           "`bort.lra.tasks.RECIPES`): the same peak lr, warmup fraction, steps and batches under OneCycleLR "
+           "(lr from peak/25, β1 0.95 → 0.85 at the end of warmup → 0.95), dropout between the FFN projections, "
+           "mean pooling divided by the 2,048 padded positions, 2,048 positions, YOSO as `yoso-v1-32` (fast "
+           "Hadamard hash, 32 hashes).", ""] if recipes != ["bort"] else []),
+        "Runs (time ratios are measured within one run, against that run's dense):", *run_lines, "",
         common.markdown_table(table),
         *(["Mechanism facts:", *notes, ""] if notes else []),
         *([f"Not run (not registered in this tree): {', '.join(missing)}.", ""] if missing else []),
@@ -282,10 +345,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mechanisms", nargs="+", default=list(MECHANISMS))
     parser.add_argument("--out-dir", dest="out_dir", type=Path, default=None,
                         help="where to write the result files (default bench/results)")
+    parser.add_argument("--recipe", default="bort", choices=list(RECIPES),
+                        help="training recipe (bort.lra.tasks.RECIPES); rows of a recipe other than bort are "
+                             "labelled '<mechanism> [<recipe>]'")
+    parser.add_argument("--merge", action="store_true",
+                        help="add this run's rows to the existing result files instead of replacing them")
     args = parser.parse_args(argv)
     if not args.data.is_file():
         parser.error(f"ListOps data not found: {args.data} (the shared real data; pass --data FILE)")
+    get_recipe(args.recipe)
+    previous_path = (args.out_dir if args.out_dir is not None else common.RESULTS_DIR) / f"{NAME}.json"
+    if args.merge and not previous_path.is_file():
+        parser.error(f"--merge: no earlier results at {previous_path}")
     result = measure(args)
+    if args.merge:
+        result = merge(json.loads(previous_path.read_text(encoding="utf-8")), result)
     text = markdown(result)
     common.write_results(NAME, result, markdown=text, plot=plot(result), out_dir=args.out_dir)
     print(text)

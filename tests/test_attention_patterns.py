@@ -51,7 +51,72 @@ def test_bigbird_is_seeded_and_counts_exactly():
     assert torch.equal(state, torch.random.get_rng_state())  # private generator, global RNG untouched
     base = patterns.mask("bigbird", 128, num_random=0)
     extra = (a & ~base).sum(1)
-    assert bool((extra[2:] == 2).all()) and bool((extra[:2] == 0).all())  # global rows already see all
+    # the global rows (first and last) already see all; every other row gets exactly num_random more keys
+    assert bool((extra[1:-1] == 2).all()) and extra[0] == 0 and extra[-1] == 0
+
+
+@pytest.mark.parametrize("num_global,first_last,first", [(2, [0, 127], [0, 1]), (3, [0, 1, 127], [0, 1, 2]),
+                                                         (1, [0], [0]), (0, [], [])])
+def test_bigbird_global_positions(num_global, first_last, first):
+    """Default: the first ceil(g/2) and the last floor(g/2) positions (BigBird's and HF's first and last
+    blocks); global_blocks="first": the first g (the former layout). Global rows and columns are all True,
+    and no other row or column is."""
+    for global_blocks, expected in ((None, first_last), ("first_last", first_last), ("first", first)):
+        extra = {} if global_blocks is None else {"global_blocks": global_blocks}
+        m = patterns.mask("bigbird", 128, num_global=num_global, num_random=0, **extra)
+        assert torch.nonzero(m.all(1)).flatten().tolist() == expected
+        assert torch.nonzero(m.all(0)).flatten().tolist() == expected
+    # same sparsity either way: only where the global positions sit changes
+    assert patterns.sparsity(patterns.mask("bigbird", 128, num_global=num_global)) == \
+        patterns.sparsity(patterns.mask("bigbird", 128, num_global=num_global, global_blocks="first"))
+
+
+def test_bigbird_global_blocks_rejects_unknown_values():
+    for bad in ("last", 2, None, ["first"]):
+        with pytest.raises(ValueError, match=r"pattern 'bigbird': global_blocks=.*; valid values: first_last, first"):
+            patterns.mask("bigbird", 32, global_blocks=bad)
+    with pytest.raises(ValueError, match="unknown parameter"):  # a BigBird option only
+        patterns.mask("longformer", 32, global_blocks="first")
+
+
+def test_bigbird_block_layout_matches_hugging_face_big_bird():
+    """HF's block-sparse BigBird (training mode, so its random blocks are drawn) returns its attention
+    probabilities as a dense n × n matrix: pooled to blocks, its global rows and columns (first and last
+    block) equal ours for the same block size and length, its 3-block band is ours (window 1), and every
+    row reads as many key blocks as ours (random blocks drawn outside window and globals in both). The
+    former layout (global_blocks="first") does not match."""
+    transformers = pytest.importorskip("transformers")
+    bs, nb, heads, num_random = 8, 16, 2, 2
+    n = bs * nb
+    config = transformers.BigBirdConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=heads, intermediate_size=16,
+        max_position_embeddings=n, attention_type="block_sparse", block_size=bs, num_random_blocks=num_random,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, sep_token_id=2)
+    torch.manual_seed(0)
+    model = transformers.BigBirdModel(config).train()  # eval mode would put every random block at block 0
+    with torch.no_grad():
+        probs = model(torch.randint(5, 50, (1, n)), output_attentions=True).attentions[0][0]
+    assert probs.shape == (heads, n, n)
+    hf = (probs > 0).reshape(heads, nb, bs, nb, bs).any(4).any(2)
+    params = dict(block=bs, window=1, num_global=2, num_random=num_random)
+    ours = patterns.block_layout("bigbird", n, bs, num_heads=heads, **params)
+
+    def global_rows(layout):
+        return torch.nonzero(layout.all(-1).all(0)).flatten().tolist()
+
+    def global_cols(layout):
+        return torch.nonzero(layout.all(-2).all(0)).flatten().tolist()
+
+    assert global_rows(hf) == global_rows(ours) == [0, nb - 1]
+    assert global_cols(hf) == global_cols(ours) == [0, nb - 1]
+    for layout in (hf, ours):
+        assert torch.equal(layout[:, 0], torch.ones(heads, nb, dtype=torch.bool))
+        assert torch.equal(layout[:, :, -1], torch.ones(heads, nb, dtype=torch.bool))
+    band = patterns.mask("bigbird", nb, window=1, num_global=0, num_random=0)
+    assert bool((hf >= band).all()) and bool((ours >= band).all())
+    assert torch.equal(hf.sum(-1), ours.sum(-1))
+    old = patterns.block_layout("bigbird", n, bs, num_heads=heads, global_blocks="first", **params)
+    assert global_rows(old) == [0, 1] != global_rows(hf)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -38,9 +38,9 @@ def _mask(b=2, n=37, lengths=(37, 23)):
     return torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
 
 
-def _core(qn, kn, v, tau, m, generator, exact_backward=False):
-    """The bare LSH estimate of E·V on unit q, k: no normalisation, no padding."""
-    return LSHAttention.apply(qn, kn, v, tau, m, generator, exact_backward, "simhash", None, False)
+def _core(qn, kn, v, tau, m, generator, backward="lsh", real=None):
+    """The bare LSH estimate of E·V on unit q, k: no normalisation (padding rows per `real`, default none)."""
+    return LSHAttention.apply(qn, kn, v, tau, m, generator, backward, "simhash", real, False)
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -96,15 +96,19 @@ def test_sampled_error_falls_like_inverse_sqrt_m():
 def test_sampled_is_unbiased_before_normalisation():
     q, k, v = _qkv(b=1, h=1, n=20, d=5, seed=2)
     qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-    core = _core(qn, kn, v, 3, 20000, torch.Generator().manual_seed(0), False)
+    core = _core(qn, kn, v, 3, 20000, torch.Generator().manual_seed(0))
     expected = (1 - torch.acos(qn @ kn.transpose(-1, -2)) / math.pi) ** 3 @ v
     torch.testing.assert_close(core, expected, rtol=0, atol=0.05)
 
 
-def test_yoso_e_gradcheck():
+def test_yoso_e_exact_backward_passes_gradcheck_and_the_default_does_not():
     q, k, v = _qkv(b=1, h=2, n=9, d=4, grad=True)
     mask = _mask(b=1, n=9, lengths=(7,))
-    assert torch.autograd.gradcheck(lambda a, b, c: yoso_e(a, b, c, mask, hash_code_len=3), (q, k, v))
+    assert torch.autograd.gradcheck(lambda a, b, c: yoso_e(a, b, c, mask, hash_code_len=3, backward="exact"),
+                                    (q, k, v))
+    # The default is the paper's τ/2 rule, a surrogate: not the derivative of the forward.
+    assert not torch.autograd.gradcheck(lambda a, b, c: yoso_e(a, b, c, mask, hash_code_len=3), (q, k, v),
+                                        raise_exception=False)
 
 
 def test_exact_backward_matches_autograd_through_expectation():
@@ -112,7 +116,7 @@ def test_exact_backward_matches_autograd_through_expectation():
     upstream = torch.randn_like(q)
     qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
     # Core level: the sampled forward differs from E·V, so compare gradients for the same upstream gradient.
-    core = _core(qn, kn, v, 6, 4, torch.Generator().manual_seed(0), True)
+    core = _core(qn, kn, v, 6, 4, torch.Generator().manual_seed(0), "exact")
     got = torch.autograd.grad(core, (q, k, v), upstream, retain_graph=True)
     reference = (1 - torch.acos(qn @ kn.transpose(-1, -2)) / math.pi) ** 6 @ v
     want = torch.autograd.grad(reference, (q, k, v), upstream)
@@ -122,14 +126,15 @@ def test_exact_backward_matches_autograd_through_expectation():
     mask = _mask()
     got = torch.autograd.grad((yoso(q, k, v, mask, hash_code_len=6, num_hash=1024, exact_backward=True,
                                     generator=torch.Generator().manual_seed(1)) * upstream).sum(), (q, k, v))
-    want = torch.autograd.grad((yoso_e(q, k, v, mask, hash_code_len=6) * upstream).sum(), (q, k, v))
+    want = torch.autograd.grad((yoso_e(q, k, v, mask, hash_code_len=6, backward="exact") * upstream).sum(),
+                               (q, k, v))
     assert min(_cosine(a, b) for a, b in zip(got, want)) > 0.97
 
 
 def test_lsh_backward_correlates_with_exact():
     q, k, v = _qkv(b=2, h=2, n=64, d=16, grad=True, seed=3)
     upstream = torch.randn_like(q)
-    want = torch.autograd.grad((yoso_e(q, k, v, hash_code_len=4) * upstream).sum(), (q, k, v))
+    want = torch.autograd.grad((yoso_e(q, k, v, hash_code_len=4, backward="exact") * upstream).sum(), (q, k, v))
     got = torch.autograd.grad((yoso(q, k, v, hash_code_len=4, num_hash=512,
                                     generator=torch.Generator().manual_seed(0)) * upstream).sum(), (q, k, v))
     cosines = [_cosine(a, b) for a, b in zip(got, want)]
@@ -141,7 +146,7 @@ def test_lsh_backward_estimates_the_half_tau_rule():
     q, k, v = _qkv(b=1, h=1, n=16, d=4, seed=4)
     qn, kn = F.normalize(q, dim=-1).requires_grad_(), F.normalize(k, dim=-1)
     g = torch.randn_like(q)
-    core = _core(qn, kn, v, 3, 20000, torch.Generator().manual_seed(0), False)
+    core = _core(qn, kn, v, 3, 20000, torch.Generator().manual_seed(0))
     (gq,) = torch.autograd.grad(core, (qn,), g)
     e = (1 - torch.acos(qn.detach() @ kn.transpose(-1, -2)) / math.pi) ** 3
     expected = ((g @ v.transpose(-1, -2)) * e * 1.5) @ kn
@@ -173,18 +178,26 @@ def test_bad_parameters_are_rejected():
     for bad in (0, 17, 2.5, True):
         with pytest.raises(ValueError, match=r"backward_hashes must be None or an integer in 1 … num_hash \(16\)"):
             yoso(q, k, v, num_hash=16, backward_hashes=bad)
-    with pytest.raises(ValueError, match="exact_backward computes the exact gradient"):
+    for backward in ("exact", "lsh_expectation"):
+        with pytest.raises(ValueError, match=f"backward_hashes applies to the LSH backward \\(backward 'lsh'\\); "
+                                             f"backward '{backward}' computes its gradient from no hashes"):
+            yoso(q, k, v, num_hash=16, backward_hashes=4, backward=backward)
+    with pytest.raises(ValueError, match="backward 'exact' computes its gradient from no hashes"):
         yoso(q, k, v, num_hash=16, backward_hashes=4, exact_backward=True)
     from bort.config import BortConfig
     config = BortConfig.preset("bert-base", num_hidden_layers=1, hidden_size=32, num_attention_heads=4,
                                intermediate_size=32, attention="yoso", attention_params={"hashes": 4})
-    with pytest.raises(ValueError, match="valid: backward_hashes, conv_window, exact_backward, hash_code_len, hashing, num_hash"):
+    with pytest.raises(ValueError, match="valid: backward, backward_hashes, conv_window, exact_backward, hash_code_len, "
+                                         "hashing, num_hash"):
         get_attention("yoso")(config, 0)
 
 
 @pytest.mark.parametrize("name,params", [("yoso", {}), ("yoso_e", {}),
                                          ("yoso", {"conv_window": 3, "hash_code_len": 6, "num_hash": 8}),
-                                         ("yoso", {"hash_code_len": 6, "num_hash": 8, "backward_hashes": 2})])
+                                         ("yoso", {"hash_code_len": 6, "num_hash": 8, "backward_hashes": 2}),
+                                         ("yoso", {"hash_code_len": 6, "num_hash": 8, "backward": "lsh_expectation"}),
+                                         ("yoso", {"hash_code_len": 6, "num_hash": 8, "backward": "exact"}),
+                                         ("yoso_e", {"backward": "exact"})])
 def test_model_forward_backward(name, params):
     from bort.config import BortConfig
     from bort.model import BortModel
@@ -268,7 +281,7 @@ def test_lsh_core_and_gradients_equal_the_dense_collision_reference(backward_has
         v, g = (torch.randn(b, h, n, d, generator=gen, dtype=torch.float64) for _ in range(2))
         real = _mask(b=b, n=n, lengths=(n, 31))
         q, k, v = q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
-        out = LSHAttention.apply(q, k, v, tau, m, torch.Generator().manual_seed(9), False, hashing, real, False,
+        out = LSHAttention.apply(q, k, v, tau, m, torch.Generator().manual_seed(9), "lsh", hashing, real, False,
                                  backward_hashes)
         grads = torch.autograd.grad(out, (q, k, v), g)
         family = HashFamily(hashing, b * h, d, m, tau, torch.Generator().manual_seed(9), torch.float64)
@@ -292,22 +305,24 @@ def test_lsh_core_and_gradients_equal_the_dense_collision_reference(backward_has
 
 def test_results_do_not_depend_on_worker_threads_or_blocks(monkeypatch, lsh_path):
     """One worker or several, batch×heads packed into one work item or one per item, whole or in tiny blocks
-    (pairs, exact-backward rows): the same numbers."""
+    (pairs, rows of the O(n²) backwards): the same numbers, for every backward rule."""
     from bort.attention import group_pool, lsh_buckets, yoso_lsh
 
     q, k, v = _qkv(b=2, h=3, n=40, d=6, grad=True, seed=5)
     upstream = torch.randn_like(q)
     mask = _mask(b=2, n=40, lengths=(40, 29))
 
-    def run(exact):
+    def run(backward):
         out = yoso(q, k, v, mask, hash_code_len=5, num_hash=6, generator=torch.Generator().manual_seed(0),
-                   exact_backward=exact)
+                   backward=backward)
         return (out, *torch.autograd.grad((out * upstream).sum(), (q, k, v)))
+
+    rules = ("lsh", "lsh_expectation", "exact")
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        parallel = [run(False), run(True)]
+        parallel = [run(rule) for rule in rules]
         assert torch.get_num_threads() == 2  # the workers' single-thread setting does not leak to the caller
         serial_map = group_pool.map_groups
         monkeypatch.setattr(yoso_lsh, "map_groups", lambda fn, groups: serial_map(fn, groups, workers=1))
@@ -315,12 +330,12 @@ def test_results_do_not_depend_on_worker_threads_or_blocks(monkeypatch, lsh_path
         monkeypatch.setattr(lsh_buckets, "_REGROUP_BUDGET", 3)
         monkeypatch.setattr(yoso_lsh, "_EXACT_BLOCK", 1)
         assert yoso_lsh.packs_of(6, 40, workers=1) == [(0, 6)]  # short rows: every batch×head in one item
-        for got, want in zip([run(False), run(True)], parallel):
+        for got, want in zip([run(rule) for rule in rules], parallel):
             for a, b in zip(got, want):
                 torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
         monkeypatch.setattr(yoso_lsh, "_PACK_TOKENS", 1)  # one batch×head per item
         assert yoso_lsh.packs_of(6, 40, workers=1) == [(g, g + 1) for g in range(6)]
-        for got, want in zip([run(False), run(True)], parallel):
+        for got, want in zip([run(rule) for rule in rules], parallel):
             for a, b in zip(got, want):
                 torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     finally:
@@ -420,7 +435,11 @@ def test_hashing_is_exposed_through_attention_params():
     assert torch.isfinite(out.last_hidden_state).all()
     bad = BortConfig.preset("bert-base", num_hidden_layers=1, hidden_size=32, num_attention_heads=4,
                             intermediate_size=32, attention="yoso", attention_params={"hashing": "minhash"})
-    with pytest.raises(ValueError, match="hashing must be one of simhash, hadamard; got 'minhash'"):
+    from bort.attention.hashing import HASHING_METHODS
+
+    listed = ", ".join(HASHING_METHODS)  # every method the hashing module offers, simhash and hadamard first
+    assert listed.startswith("simhash, hadamard")
+    with pytest.raises(ValueError, match=f"hashing must be one of {listed}; got 'minhash'"):
         get_attention("yoso")(bad, 0)
 
 
@@ -453,7 +472,8 @@ def test_backward_hashes_all_equals_the_default_and_fewer_change_only_the_gradie
     assert min(_cosine(a, b) for a, b in zip(fewer[1:], default[1:])) > 0.5  # the same gradient, noisier
 
 
-def test_yoso_e_equals_plain_autograd_with_padding_in_blocks(monkeypatch):
+@pytest.mark.parametrize("backward", ["lsh", "exact"])
+def test_yoso_e_equals_plain_autograd_with_padding_in_blocks(monkeypatch, backward):
     # The CPU path (blocked, per batch×head, E recomputed in the backward) against autograd through the plain
     # formula over whole tensors (the path other devices take): outputs and q, k, v gradients, padding
     # included, with query blocks forced small so that several blocks and items are exercised.
@@ -464,8 +484,8 @@ def test_yoso_e_equals_plain_autograd_with_padding_in_blocks(monkeypatch):
     q, k, v = _qkv(b=2, h=3, n=37, d=7, grad=True, seed=6)
     mask = _mask()
     g = torch.randn_like(q)
-    got = yoso_e(q, k, v, mask, hash_code_len=7)
-    want = yoso_e_autograd(q, k, v, mask, hash_code_len=7)
+    got = yoso_e(q, k, v, mask, hash_code_len=7, backward=backward)
+    want = yoso_e_autograd(q, k, v, mask, hash_code_len=7, backward=backward)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     for a, b in zip(torch.autograd.grad(got, (q, k, v), g), torch.autograd.grad(want, (q, k, v), g)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
@@ -509,3 +529,124 @@ def test_dense_counts_of_short_sequences_equal_the_bucket_path(monkeypatch, back
     monkeypatch.setattr(yoso_lsh, "_DENSE_MAX_TOKENS", 0)
     for a, b in zip(dense, run()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# --- backward rules: the paper's τ/2 rule by default, the reference code's n2 backward, the exact derivative -----
+def test_yoso_e_default_gradients_equal_transformers_self_attention_with_padding():
+    """Hugging Face's YosoSelfAttention on its expectation path (use_expectation) against our `yoso_e` fed the
+    same projections: output and the gradients of the hidden states and of the Q, K, V weights, in float32,
+    padding included. HF's attention core turns the mask m into int(1 + m / 10000), so it is given the
+    additive form (0 real, −10000 padding) that maps to 1 / 0."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.yoso.modeling_yoso import YosoSelfAttention
+
+    torch.manual_seed(0)
+    batch, n, hidden, heads, tau = 2, 29, 24, 3, 7
+    config = transformers.YosoConfig(hidden_size=hidden, num_attention_heads=heads, use_expectation=True,
+                                     hash_code_len=tau, conv_window=None, attention_probs_dropout_prob=0.0)
+    reference = YosoSelfAttention(config)
+    x = torch.randn(batch, n, hidden, requires_grad=True)
+    mask = _mask(b=batch, n=n, lengths=(29, 17))
+    want_out = reference(x, (1.0 - mask.float()) * -10000.0)[0]
+    inputs = [x, reference.query.weight, reference.key.weight, reference.value.weight]
+    g = torch.randn_like(want_out)
+    want = torch.autograd.grad(want_out, inputs, g)
+
+    def ours(backward):
+        split = lambda t: t.view(batch, n, heads, -1).transpose(1, 2)  # noqa: E731
+        out = yoso_e(split(reference.query(x)), split(reference.key(x)), split(reference.value(x)), mask,
+                     hash_code_len=tau, backward=backward)
+        out = out.transpose(1, 2).reshape(batch, n, hidden)
+        return out, torch.autograd.grad(out, inputs, g)
+
+    out, got = ours("lsh")
+    assert (out - want_out).abs().max().item() <= 1e-5
+    for a, b in zip(got, want):
+        assert (a - b).abs().max().item() <= 1e-5, (a - b).abs().max().item()
+    # The exact derivative is a different gradient (what the default used to be): far outside that tolerance.
+    _, exact = ours("exact")
+    assert (exact[1] - want[1]).abs().max().item() > 1e-2
+    torch.testing.assert_close(exact[3], want[3], rtol=1e-5, atol=1e-5)  # ∇V does not involve dE/dx
+
+
+def _n2_backward_reference(q, k, v, g, mask, tau, core):
+    """The reference code's `n2_backward`, re-derived from its description in float64: the sampled forward
+    `core` (normalised) is kept, and the cumulation's backward takes E = (1 − arccos(q̂·k̂)/π)^τ masked by the
+    query and key masks, ∇V = Eᵀ·g, ∇q̂ = (τ/2)·((g·Vᵀ) ⊙ E)·k̂, ∇k̂ = (τ/2)·((g·Vᵀ) ⊙ E)ᵀ·q̂; autograd
+    carries ∇ through the input and output normalisations."""
+
+    class N2Cumulation(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, qn, kn, vv):
+            ctx.save_for_backward(qn, kn, vv)
+            return core.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            qn, kn, vv = ctx.saved_tensors
+            e = (1 - torch.acos((qn @ kn.transpose(-1, -2)).clamp(-1, 1)) / math.pi) ** tau
+            e = e * mask[:, None, :, None] * mask[:, None, None, :]
+            weighted = (grad @ vv.transpose(-1, -2)) * e
+            return weighted @ ((tau / 2) * kn), weighted.transpose(-1, -2) @ ((tau / 2) * qn), \
+                e.transpose(-1, -2) @ grad
+
+    qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    out = F.normalize(N2Cumulation.apply(qn, kn, v), dim=-1)
+    return torch.autograd.grad(out, (q, k, v), g)
+
+
+def test_lsh_expectation_backward_equals_the_reference_n2_backward(lsh_path):
+    """backward="lsh_expectation" against the n2 rule written out independently, with padding: same forward
+    as the default "lsh" (the rule changes only the backward), gradients equal to ≤ 1e-5 (float64: ~1e-12)."""
+    q, k, v = _qkv(b=2, h=2, n=40, d=6, grad=True, seed=12)
+    mask = _mask(b=2, n=40, lengths=(40, 27))
+    g = torch.randn_like(q)
+    tau, m = 5, 8
+    out = yoso(q, k, v, mask, hash_code_len=tau, num_hash=m, generator=torch.Generator().manual_seed(4),
+               backward="lsh_expectation")
+    got = torch.autograd.grad(out, (q, k, v), g)
+    default = yoso(q, k, v, mask, hash_code_len=tau, num_hash=m, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(out, default, rtol=0, atol=0)
+    # The sampled core (the bare estimate before the output normalisation) from the same hash functions.
+    real = mask.bool()
+    core = _core(F.normalize(q.detach().masked_fill(~real[:, None, :, None], 0), dim=-1),
+                 F.normalize(k.detach().masked_fill(~real[:, None, :, None], 0), dim=-1),
+                 v.detach().masked_fill(~real[:, None, :, None], 0), tau, m, torch.Generator().manual_seed(4),
+                 real=real)
+    torch.testing.assert_close(F.normalize(core, dim=-1), out.detach(), rtol=1e-12, atol=1e-12)
+    want = _n2_backward_reference(q, k, v, g, mask.double(), tau, core)
+    for a, b in zip(got, want):
+        assert (a - b).abs().max().item() <= 1e-5
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    # ... and it is neither the exact derivative nor the sampled LSH estimate.
+    exact = torch.autograd.grad(yoso(q, k, v, mask, hash_code_len=tau, num_hash=m, backward="exact",
+                                     generator=torch.Generator().manual_seed(4)), (q, k, v), g)
+    sampled = torch.autograd.grad(default, (q, k, v), g)
+    assert (exact[0] - got[0]).abs().max().item() > 1e-2
+    assert (sampled[0] - got[0]).abs().max().item() > 1e-2
+
+
+def test_backward_option_is_read_from_attention_params_and_bad_values_list_the_valid_ones():
+    from bort.config import BortConfig
+
+    def build(name, params):
+        config = BortConfig.preset("bert-base", num_hidden_layers=1, hidden_size=32, num_attention_heads=4,
+                                   intermediate_size=32, attention=name, attention_params=params)
+        return get_attention(name)(config, 0)
+
+    assert build("yoso_e", {}).backward == "lsh"  # the paper's YOSO-E rule by default
+    assert build("yoso", {}).backward == "lsh"
+    assert build("yoso_e", {"backward": "exact"}).backward == "exact"
+    assert build("yoso_e", {"exact_backward": True}).backward == "exact"
+    assert build("yoso", {"backward": "lsh_expectation"}).backward == "lsh_expectation"
+    with pytest.raises(ValueError, match="backward must be one of lsh, exact; got 'lsh_expectation'"):
+        build("yoso_e", {"backward": "lsh_expectation"})  # YOSO-E's "lsh" already is the rule on E
+    with pytest.raises(ValueError, match="backward must be one of lsh, lsh_expectation, exact; got 'n2'"):
+        build("yoso", {"backward": "n2"})
+    with pytest.raises(ValueError, match="exact_backward=True asks for backward 'exact' but backward is 'lsh'"):
+        build("yoso", {"backward": "lsh", "exact_backward": True})
+    q, k, v = _qkv(n=5, dtype=torch.float32)
+    with pytest.raises(ValueError, match="backward must be one of lsh, exact; got 'paper'"):
+        yoso_e(q, k, v, backward="paper")
+    with pytest.raises(ValueError, match="backward must be one of lsh, lsh_expectation, exact; got None"):
+        LSHAttention.apply(q, k, v, 3, 2, None, None, "simhash", None, True)

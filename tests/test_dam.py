@@ -475,8 +475,8 @@ def test_cli_export_options_and_errors(tmp_path, capsys):
 def test_clear_errors_for_unknown_mechanisms_and_parameters():
     with pytest.raises(ValueError, match="unknown attention mechanism 'dam'.*dam_s, dam_u.*fixed_mask"):
         get_attention("dam")
-    with pytest.raises(ValueError, match="unknown attention_params tau; valid parameters: init_keep, init_std, "
-                                         "max_length, per_layer, temperature"):
+    with pytest.raises(ValueError, match="unknown attention_params tau; valid parameters: eval_mask, init_keep, "
+                                         "init_std, max_length, penalty, per_layer, temperature"):
         BortModel(tiny_config("dam_s", tau=1.0))
     with pytest.raises(ValueError, match="temperature must be > 0"):
         BortModel(tiny_config("dam_u", temperature=0))
@@ -541,3 +541,181 @@ def test_distillation_with_dam_lambda_adds_the_penalty_and_logs_density(shards, 
     bad = DistillSettings(**{**settings.__dict__, "student": json.dumps(dense), "output_dir": str(tmp_path / "b")})
     with pytest.raises(ValueError, match="needs a student with attention dam_s or dam_u, not 'dense'"):
         run_distillation(bad)
+
+
+# --- fidelity options: weight decay, penalty "sum"/"mean", eval mask "argmax"/"sample" -----------------------
+def _decay_of(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, float]:
+    """Each named parameter of `model` → the weight decay of the optimiser group holding it."""
+    by_id = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    return {name: by_id[id(p)] for name, p in model.named_parameters()}
+
+
+def _assert_only_logits_exempted(decay: dict[str, float], weight_decay: float) -> None:
+    logits = [name for name in decay if name.endswith("dam.logits")]
+    assert len(logits) == 1 and decay[logits[0]] == 0.0
+    for name, wd in decay.items():  # every other parameter by the usual rule (biases and norms exempt)
+        if name not in logits:
+            exempt = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+            assert wd == (0.0 if exempt else weight_decay), name
+
+
+class _OptimizerBuilt(Exception):
+    """Raised by the spy once a trainer has built its optimiser: nothing after it matters here."""
+
+
+def test_finetune_trainer_does_not_decay_the_mask_logits(monkeypatch):
+    from bort.finetune import trainer
+    from bort.finetune.trainer import HParams, fit
+
+    built = []
+
+    def spy(*args, **kwargs):
+        built.append(trainer_build(*args, **kwargs))
+        raise _OptimizerBuilt
+
+    trainer_build = trainer.build_optimizer
+    monkeypatch.setattr(trainer, "build_optimizer", spy)
+    model = BortModel(tiny_config("dam_s"))
+    with pytest.raises(_OptimizerBuilt):
+        fit(model, None, [object()], [object()], [], HParams(), pad_id=0, progress=False)
+    assert HParams().weight_decay == 110.0  # the default that would pull every logit to 0 within steps
+    _assert_only_logits_exempted(_decay_of(built[0], model), 110.0)
+
+
+def test_lra_trainer_does_not_decay_the_mask_logits_and_refuses_lambda_without_a_mask(tmp_path):
+    from bort.lra import listops
+    from bort.lra.runner import LRASettings, LRATrainer
+
+    from conftest import shared_path
+
+    rows = [r for r in listops.read_listops(shared_path("data", "lra", "listops", "nangia_bowman_d20s.first8000.tsv"))
+            if len(listops.tokenize(r.expression)) <= 30][:80]
+    data = tmp_path / "small.tsv"
+    data.write_text("".join(f"{r.label}\t{r.expression}\n" for r in rows), encoding="utf-8")
+    settings = LRASettings(data=str(data), output_dir=None, attention="dam_s", max_steps=2, batch_size=8,
+                           weight_decay=0.1, dev_size=10, test_size=10, progress=False, dam_lambda=1e-3)
+    run = LRATrainer(settings)
+    _assert_only_logits_exempted(_decay_of(run.optimizer, run.model), 0.1)
+    with pytest.raises(ValueError, match="dam_lambda 0.001 needs attention dam_s or dam_u.*not 'dense'"):
+        LRATrainer(LRASettings(**{**settings.__dict__, "attention": "dense"}))
+
+
+def test_distillation_recipe_does_not_decay_the_mask_logits(shards, tmp_path):
+    from bort.distill.recipe import DistillationRecipe, DistillSettings
+
+    student = json.dumps({"preset": "bort_4_8_768_1024", "hidden_size": 32, "num_attention_heads": 4,
+                          "intermediate_size": 48, "num_hidden_layers": 2, "max_position_embeddings": 32,
+                          "attention": "dam_u"})
+    recipe = DistillationRecipe(DistillSettings(train=[str(shards / "part-*.rec")], student=student,
+                                                output_dir=str(tmp_path), batch_size=4, max_steps=1,
+                                                progress=False, dam_lambda=1e-3, weight_decay=0.01))
+    try:
+        recipe.setup()
+    finally:
+        recipe.cleanup()
+    decay = _decay_of(recipe.optimizer, recipe.joint)
+    assert "student.bort.encoder.dam.logits" in decay
+    _assert_only_logits_exempted(decay, 0.01)
+
+
+@pytest.mark.parametrize("kind", ["dam_s", "dam_u"])
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_mean_penalty_is_the_sum_over_the_number_of_entries(kind, per_layer):
+    ids, mask = inputs(n=12)
+    penalties = {}
+    for mode in ("sum", "mean"):
+        torch.manual_seed(0)  # the same logits and the same samples for both
+        model = BortModel(tiny_config(kind, per_layer=per_layer, penalty=mode)).train()
+        model(ids, mask)
+        penalties[mode] = mask_penalty(model)
+    entries = (LAYERS if per_layer else 1) * HEADS * 12 * 12
+    assert float(penalties["sum"].detach()) > 0
+    torch.testing.assert_close(penalties["mean"], penalties["sum"] / entries, rtol=1e-6, atol=0)
+    # An all-kept mask: Σ|M| grows with n², the mean is 1 at every length.
+    for n in (8, 16):
+        model = BortModel(tiny_config(kind, per_layer=per_layer, penalty="mean", init_keep=50.0)).train()
+        model(*inputs(n=n))
+        assert float(mask_penalty(model).detach()) == 1.0
+
+
+@pytest.mark.parametrize("kind", ["dam_s", "dam_u"])
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_documented_mean_lambda_gives_sparsebert_gradient_at_128(kind, per_layer):
+    # The module docstring: λ_mean = λ_sum × sets × heads × 128 × 128 matches "sum" at n = 128.
+    lam_sum, n = 5e-5, 128
+    sets = LAYERS if per_layer else 1
+    lam_mean = lam_sum * sets * HEADS * 128 * 128
+    grads = {}
+    for mode, lam in (("sum", lam_sum), ("mean", lam_mean)):
+        torch.manual_seed(0)
+        dam = DAMMask(tiny_config(kind, max_length=n, per_layer=per_layer, penalty=mode), kind).train()
+        for layer in range(LAYERS):
+            dam.mask_for(layer, n)
+        (lam * dam.penalty()).backward()
+        grads[mode] = dam.logits.grad.clone()
+    assert grads["sum"].abs().max() > 0
+    torch.testing.assert_close(grads["mean"], grads["sum"], rtol=1e-5, atol=1e-12)
+    if not per_layer and kind == "dam_s":
+        assert 5e-5 * 12 * 128 * 128 == pytest.approx(9.8304)  # SparseBERT's λ, 12 heads, as documented
+
+
+@pytest.mark.parametrize("kind", ["dam_s", "dam_u"])
+def test_eval_sample_draws_a_fresh_mask_each_pass_argmax_does_not(kind, recorded):
+    ids, mask = inputs()
+    torch.manual_seed(0)
+    argmax = BortModel(tiny_config(kind)).eval()
+    with torch.no_grad():
+        assert torch.equal(argmax(ids, mask).last_hidden_state, argmax(ids, mask).last_hidden_state)
+    assert all(m.dtype == torch.bool for _, m in recorded)
+    recorded.clear()
+
+    torch.manual_seed(0)
+    sample = BortModel(tiny_config(kind, eval_mask="sample")).eval()
+    with torch.no_grad():
+        a = sample(ids, mask).last_hidden_state
+        b = sample(ids, mask).last_hidden_state
+    masks = [m for layer, m in recorded if layer == 0]
+    assert len(masks) == 2 and all(m.dtype == torch.float32 for m in masks)
+    changed = float((masks[0] != masks[1]).float().mean())
+    assert 0.3 < changed < 0.7  # logits near 0 at init: each entry kept with probability ≈ 1/2 per pass
+    assert not torch.allclose(a, b)
+    # Eval "sample" runs exactly the training forward (no dropout here): same RNG, same output.
+    torch.manual_seed(7)
+    with torch.no_grad():
+        evaluated = sample(ids, mask).last_hidden_state
+    torch.manual_seed(7)
+    with torch.no_grad():
+        trained = sample.train()(ids, mask).last_hidden_state
+    assert torch.equal(evaluated, trained)
+    # Export (and so `bort mask export`) binarises by the argmax whatever the eval mode.
+    assert torch.equal(export_mask(sample), export_mask(argmax))
+
+
+def test_bad_penalty_and_eval_mask_values_list_the_valid_ones():
+    from bort.config import ConfigError
+
+    with pytest.raises(ConfigError, match="attention 'dam_s': penalty 'l1' is not one of sum, mean"):
+        BortModel(tiny_config("dam_s", penalty="l1"))
+    with pytest.raises(ConfigError, match="attention 'dam_u': eval_mask 'hard' is not one of argmax, sample"):
+        BortModel(tiny_config("dam_u", eval_mask="hard"))
+    with pytest.raises(ConfigError, match="penalty 1 is not one of sum, mean"):
+        BortModel(tiny_config("dam_u", penalty=1))
+
+
+def test_penalty_on_a_fixed_mask_is_refused_with_the_reason():
+    from bort.config import ConfigError
+
+    for params in ({"penalty": "mean"}, {"penalty": "sum"}, {"eval_mask": "sample"}):
+        with pytest.raises(ConfigError, match=f"'fixed_mask': {next(iter(params))}=.* a fixed mask has nothing "
+                                              "to learn"):
+            BortModel(tiny_config("fixed_mask", **params))
+    # A DAM model searched with the mean penalty converts to a fixed mask without it (nothing left to learn);
+    # adding it back to the converted config is refused.
+    searched = BortModel(tiny_config("dam_s", penalty="mean", eval_mask="sample"))
+    fixed = to_fixed_mask(searched)
+    assert fixed.config.attention == "fixed_mask" and "penalty" not in fixed.config.attention_params
+    assert mask_penalty(fixed) is None  # the trainers' --dam-lambda refuses such a model
+    edited = BortConfig.from_dict({**fixed.config.to_dict(),
+                                   "attention_params": {**fixed.config.attention_params, "penalty": "mean"}})
+    with pytest.raises(ConfigError, match="penalty='mean' has nothing to act on: a fixed mask has nothing to learn"):
+        BortModel(edited)

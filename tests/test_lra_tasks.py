@@ -370,3 +370,213 @@ def test_text_generalises_above_majority_on_real_sst2(tmp_path: Path) -> None:
                                   eval_interval=25, progress=False))
     assert summary["sizes"] == {"train": 572, "dev": 100, "test": 200} and summary["majority_accuracy"] == 0.5
     assert summary["test_accuracy"] >= summary["majority_accuracy"] + 0.04
+
+
+# --- the YOSO paper's recipe -----------------------------------------------------------------------------------------
+LISTOPS = ("data", "lra", "listops", "nangia_bowman_d20s.first8000.tsv")
+
+
+@pytest.fixture(scope="module")
+def tiny_listops(tmp_path_factory) -> Path:
+    """The first 200 real ListOps rows no longer than 40 symbols."""
+    from bort.lra import listops
+
+    rows = [r for r in listops.read_listops(shared_path(*LISTOPS)) if len(listops.tokenize(r.expression)) <= 40]
+    path = tmp_path_factory.mktemp("listops") / "tiny.tsv"
+    path.write_text("".join(f"{r.label}\t{r.expression}\n" for r in rows[:200]), encoding="utf-8")
+    return path
+
+
+def _paper(data: Path, out: Path | None = None, **kw) -> LRASettings:
+    values = dict(task="listops", data=str(data), output_dir=str(out) if out else None, recipe="paper",
+                  dev_size=40, test_size=40, progress=False, log_interval=1)
+    values.update(kw)
+    return LRASettings(**values)
+
+
+def _walk_schedule(trainer: LRATrainer) -> list[tuple[float, float]]:
+    """(lr, β1) that each optimiser step of the trainer's whole run uses, read from the optimiser as the loop
+    does (the schedule is advanced after every step; nothing is trained)."""
+    used = []
+    for _ in range(trainer.total):
+        group = trainer.optimizer.param_groups[0]
+        used.append((group["lr"], group["betas"][0]))
+        trainer.optimizer.step()  # no gradients: changes nothing, keeps PyTorch's step order
+        trainer.schedule.step()
+    return used
+
+
+def test_paper_schedule_has_the_originals_lr_and_beta1_at_steps_1_1000_and_the_end(tiny_listops: Path) -> None:
+    # The original: OneCycleLR(max_lr 1e-4, pct_start 1000/5000, linear) over AdamW: lr 1e-4/25 at step 1, the
+    # peak at step 1000, 1e-4/25/1e4 at step 5000; β1 0.95 → 0.85 at the peak → 0.95.
+    trainer = LRATrainer(_paper(tiny_listops))
+    assert (trainer.total, trainer.values["lr"], trainer.values["warmup_ratio"]) == (5000, 1e-4, 0.2)
+    used = _walk_schedule(trainer)
+    assert used[0] == (pytest.approx(4.0e-6, rel=1e-12), 0.95)
+    assert used[999] == (pytest.approx(1.0e-4, rel=1e-12), pytest.approx(0.85, rel=1e-12))
+    assert used[4999] == (pytest.approx(4.0e-10, rel=1e-9), pytest.approx(0.95, rel=1e-12))
+    # Halfway down: the linear mix of the two ends.
+    assert used[2999] == (pytest.approx((1e-4 + 4e-10) / 2, rel=1e-9), pytest.approx(0.90, rel=1e-12))
+    assert all(a[0] < b[0] for a, b in zip(used[:999], used[1:1000]))  # rising through warmup, then falling
+    assert all(a[0] > b[0] for a, b in zip(used[999:-1], used[1000:]))
+    # Our recipe: ~0 at step 1 (1e-4 · 1/1000), β1 fixed at 0.9.
+    ours = _walk_schedule(LRATrainer(_paper(tiny_listops, recipe="bort")))
+    assert ours[0] == (pytest.approx(1e-7, rel=1e-12), 0.9) and {b for _, b in ours} == {0.9}
+    # A shortened run keeps the warmup fraction: the peak moves with it.
+    short = _walk_schedule(LRATrainer(_paper(tiny_listops, max_steps=50, lr=1e-3)))
+    assert max(range(50), key=lambda i: short[i][0]) == 9 and short[9][1] == pytest.approx(0.85)
+
+
+def test_paper_recipe_model_options(tiny_listops: Path) -> None:
+    paper = LRATrainer(_paper(tiny_listops)).model
+    ours = LRATrainer(_paper(tiny_listops, recipe="bort")).model
+    assert paper.embeddings.position_embeddings.weight.shape[0] == 2048  # the original's 2**ceil(log2(2000))
+    assert ours.embeddings.position_embeddings.weight.shape[0] == 2000
+    assert (paper.pooling, paper.ffn_dropout, ours.pooling, ours.ffn_dropout) == ("mean_padded", 0.1, "mean", 0.0)
+    # The options add no parameter: the two recipes' state dicts have the same names.
+    assert list(paper.state_dict()) == list(ours.state_dict())
+
+
+def test_padded_mean_pooling_divides_by_every_position_of_the_table() -> None:
+    task = get_task("listops")
+    config = lra_config(task, 20, max_position_embeddings=2048)
+    model = LRAClassifier(config, pooling="mean_padded").eval()
+    ids = torch.randint(1, 20, (2, 24))
+    mask = torch.ones(2, 24, dtype=torch.long)
+    mask[1, 10:] = 0
+    hidden, pooled = model.encode(ids, mask)
+    real = (hidden * mask.unsqueeze(-1)).sum(dim=1)
+    assert torch.allclose(pooled * 2048, real, atol=1e-5)  # all 2,048 positions, not the 24 or 10 real ones
+    # The same rows padded wider pool to the same vector (the original's fixed padded length).
+    wide = torch.cat([ids, torch.zeros(2, 16, dtype=torch.long)], dim=1)
+    wide_mask = torch.cat([mask, torch.zeros(2, 16, dtype=torch.long)], dim=1)
+    assert torch.allclose(model.encode(wide, wide_mask)[1], pooled, atol=1e-6)
+    # Ours divides by the real tokens.
+    ours = LRAClassifier(config).eval()
+    ours.load_state_dict(model.state_dict())
+    assert torch.allclose(ours.encode(ids, mask)[1] * mask.sum(1, keepdim=True), real, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown pooling 'max'; valid: mean, mean_padded"):
+        LRAClassifier(config, pooling="max")
+
+
+def test_ffn_dropout_acts_between_the_ffn_projections() -> None:
+    config = lra_config(get_task("listops"), 20, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ids = torch.randint(1, 20, (2, 12))
+    with_dropout = LRAClassifier(config, ffn_dropout=0.5).train()
+    without = LRAClassifier(config).train()
+    without.load_state_dict(with_dropout.state_dict())
+    # Every other dropout is 0: only the FFN's makes two training passes differ.
+    assert torch.equal(without.encode(ids)[1], without.encode(ids)[1])
+    assert not torch.equal(with_dropout.encode(ids)[1], with_dropout.encode(ids)[1])
+    # Where it sits: zeroing half the FFN's hidden units after the activation (hook on the second projection).
+    seen = []
+    with_dropout.encoder.layer[0].output.dense.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with_dropout.encode(ids)
+    assert 0.3 < float((seen[0] == 0).float().mean()) < 0.7
+    with_dropout.eval()
+    assert torch.equal(with_dropout.encode(ids)[1], without.eval().encode(ids)[1])
+    with pytest.raises(ValueError, match="ffn_dropout must be a probability in \\[0, 1\\), got 1.5"):
+        LRAClassifier(config, ffn_dropout=1.5)
+
+
+def test_saved_model_keeps_the_recipe_options_and_names_a_bad_value(tmp_path: Path) -> None:
+    from bort.checkpoint.errors import CheckpointError
+
+    config = lra_config(get_task("listops"), 20, max_position_embeddings=2048)
+    model = LRAClassifier(config, pooling="mean_padded", ffn_dropout=0.1)
+    save_lra_model(model, tmp_path / "m", "listops")
+    loaded, values = load_lra_model(tmp_path / "m")
+    assert (loaded.pooling, loaded.ffn_dropout, values["ffn_dropout"]) == ("mean_padded", 0.1, 0.1)
+    ids = torch.randint(1, 20, (1, 9))
+    assert torch.equal(loaded.encode(ids)[1], model.eval().encode(ids)[1])
+    path = tmp_path / "m" / "lra_config.json"
+    values["ffn_dropout"] = "lots"
+    path.write_text(json.dumps(values), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"lra_config\.json: ffn_dropout must be a probability .*'lots'"):
+        load_lra_model(tmp_path / "m")
+
+
+def test_paper_attention_configurations_per_task() -> None:
+    from bort.lra.tasks import PAPER_ATTENTION, get_recipe, resolve_attention
+
+    paper, ours = get_recipe("paper"), get_recipe("bort")
+    taus = {"listops": 11, "text": 12, "retrieval": 12, "image": 10, "pathfinder32": 10}
+    for name, tau in taus.items():
+        task = get_task(name)
+        assert resolve_attention(task, "yoso-v2-16", ours) == resolve_attention(task, "yoso-v2-16", paper) == (
+            "yoso", {"hash_code_len": tau, "num_hash": 16, "hashing": "fast_hadamard", "backward": "lsh"})
+        # A registry name takes the paper's configuration under its recipe only.
+        assert resolve_attention(task, "yoso", paper) == (
+            "yoso", {"hash_code_len": tau, "num_hash": 32, "hashing": "fast_hadamard", "backward": "lsh"})
+        assert resolve_attention(task, "yoso", ours) == ("yoso", {"hash_code_len": tau, "num_hash": 32})
+        assert resolve_attention(task, "yoso_e", paper) == ("yoso_e", {"hash_code_len": tau, "backward": "lsh"})
+        assert resolve_attention(task, "dense", paper) == ("dense", None)
+    # Each configuration runs in the LRA model (the mechanisms accept its parameters).
+    for label in PAPER_ATTENTION:
+        mechanism, params = resolve_attention(get_task("listops"), label, paper)
+        model = LRAClassifier(lra_config(get_task("listops"), 20, mechanism, params))
+        assert model(torch.randint(1, 20, (2, 16))).logits.shape == (2, 10)
+
+
+def test_paper_recipe_run_resumes_bitwise(tiny_listops: Path, tmp_path: Path) -> None:
+    class Killed(Exception):
+        pass
+
+    kw = dict(max_steps=12, eval_interval=4, batch_size=8, lr=3e-3, attention="yoso-v2-16")
+    straight = run_lra(_paper(tiny_listops, tmp_path / "a", **kw))
+
+    def kill_at_8(record: dict) -> None:
+        if record["event"] == "eval" and record["step"] == 8:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        run_lra(_paper(tiny_listops, tmp_path / "b", **kw), on_event=kill_at_8)
+    resumed = run_lra(_paper(tiny_listops, tmp_path / "b", resume=True, **kw))
+    def train(directory: Path) -> list[tuple[float, float, float]]:
+        records = map(json.loads, (directory / "metrics.jsonl").read_text().splitlines())
+        return [(r["loss"], r["lr"], r["beta1"]) for r in records if r["event"] == "train"]
+
+    assert resumed["resumed"] and train(tmp_path / "b") == train(tmp_path / "a")
+    assert len({b for _, _, b in train(tmp_path / "a")}) > 3  # β1 did cycle
+    assert resumed["test_accuracy"] == straight["test_accuracy"] and resumed["recipe"] == "paper"
+    assert straight["settings"]["attention"] == "yoso" and straight["settings"]["attention_preset"] == "yoso-v2-16"
+    # The recipe is a setting of the run: resuming under the other one is refused, naming it.
+    with pytest.raises(ValueError, match="settings differ.*recipe 'paper' → 'bort'"):
+        run_lra(_paper(tiny_listops, tmp_path / "b", resume=True, **{**kw, "recipe": "bort"}))
+
+
+def test_unknown_recipe_lists_the_valid_ones(tiny_listops: Path, tmp_path: Path, capsys) -> None:
+    from bort.cli import main
+
+    with pytest.raises(ValueError, match="unknown LRA recipe 'yoso'; valid: bort, paper"):
+        LRATrainer(_paper(tiny_listops, recipe="yoso"))
+    with pytest.raises(SystemExit):
+        main(["lra", "listops", "--data", str(tiny_listops), "--recipe", "original"])
+    assert "invalid choice: 'original' (choose from" in capsys.readouterr().err
+
+
+def test_bench_merge_keeps_earlier_rows_and_refuses_other_data() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` is a directory, not installed
+    from bench import lra_listops
+
+    row = lambda label, recipe=None: {"mechanism": label, "test_accuracy": 0.4, **({"recipe": recipe}  # noqa: E731
+                                                                                  if recipe else {})}
+    before = {"rows": [row("dense"), row("yoso")], "curves": {"dense": [[1, 0.1]], "yoso": [[1, 0.2]]},
+              "settings": {"dense": {}, "yoso": {}}, "round_seconds": {"dense": {}, "yoso": {}}, "chunk": 50,
+              "threads": 1, "wall_seconds": 60.0, "missing_mechanisms": [], "data": "d", "sizes": {"train": 1}}
+    new = {"rows": [row("dense [paper]", "paper")], "curves": {"dense [paper]": []},
+           "settings": {"dense [paper]": {}}, "round_seconds": {"dense [paper]": {}}, "missing_mechanisms": [],
+           "data": "d", "sizes": {"train": 1}, "runs": [{"recipe": "paper", "rows": ["dense [paper]"], "chunk": 50,
+                                                         "threads": 1, "wall_seconds": 30.0}]}
+    merged = lra_listops.merge(before, new)
+    assert [(r["mechanism"], r["recipe"]) for r in merged["rows"]] == [
+        ("dense", "bort"), ("yoso", "bort"), ("dense [paper]", "paper")]
+    assert list(merged["curves"]) == ["dense", "yoso", "dense [paper]"]
+    assert [run["rows"] for run in merged["runs"]] == [["dense", "yoso"], ["dense [paper]"]]
+    again = lra_listops.merge(merged, new)  # a rerun replaces its own rows, once
+    assert [r["mechanism"] for r in again["rows"]] == ["dense", "yoso", "dense [paper]"]
+    assert [run["rows"] for run in again["runs"]] == [["dense", "yoso"], ["dense [paper]"]]
+    with pytest.raises(ValueError, match="cannot merge: the earlier results have sizes"):
+        lra_listops.merge(before, {**new, "sizes": {"train": 2}})

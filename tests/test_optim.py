@@ -155,3 +155,59 @@ def test_schedule_values():
     assert _lr_at("linear", 1, warmup_ratio=0.0) == pytest.approx(99 / 100)
     with pytest.raises(ValueError, match="unknown schedule"):
         _lr_at("cosine", 1)
+
+
+# --- parameters a module declares exempt (`no_weight_decay`) ------------------------------------------------
+class _Gated(nn.Module):
+    """A weight, a non-weight matrix it declares exempt, and a declared nested parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.gates = nn.Parameter(torch.ones(3, 4))
+        self.inner = nn.Linear(4, 4, bias=False)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"gates", "inner.weight"}
+
+
+def test_modules_declare_their_own_no_decay_parameters():
+    model = nn.Sequential(nn.Linear(4, 4), _Gated())
+    model[0].weight = model[1].inner.weight  # tied: exempt under either name
+    groups = {g["weight_decay"]: g["param_names"] for g in decay_param_groups(model, 0.3)}
+    assert sorted(groups[0.3]) == ["1.proj.weight"]
+    assert sorted(groups[0.0]) == ["0.bias", "0.weight", "1.gates", "1.proj.bias"]
+
+
+@pytest.mark.parametrize("name", ["adamw", "bertadam"])
+def test_declared_parameters_are_not_decayed_by_a_step(name):
+    # Zero gradients: a step changes a parameter only through weight decay (Adam's update is 0).
+    model = _Gated()
+    opt = build_optimizer(model, name, lr=1e-3, weight_decay=110.0)  # the fine-tuning default
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    assert torch.equal(model.gates, before["gates"]) and torch.equal(model.inner.weight, before["inner.weight"])
+    torch.testing.assert_close(model.proj.weight, before["proj.weight"] * (1 - 1e-3 * 110.0))
+
+
+def test_dam_logits_are_declared_and_nothing_else_changes_group():
+    config = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+                  max_position_embeddings=16)
+    torch.manual_seed(0)
+    dense = decay_param_groups(BortForMaskedLM(BortConfig(**config)), 0.01)
+    dam = decay_param_groups(BortForMaskedLM(BortConfig(**config, attention="dam_s")), 0.01)
+    names = lambda groups, wd: sorted(n for g in groups if g["weight_decay"] == wd for n in g["param_names"])  # noqa: E731
+    assert names(dam, 0.01) == names(dense, 0.01)
+    assert names(dam, 0.0) == sorted(names(dense, 0.0) + ["bort.encoder.dam.logits"])
+
+
+def test_declaring_a_parameter_the_module_lacks_is_an_error_naming_both():
+    class Wrong(_Gated):
+        def no_weight_decay(self) -> set[str]:
+            return {"gate"}
+
+    with pytest.raises(ValueError, match=r"Wrong \(1\) declares 'gate' exempt from weight decay but has no such "
+                                         r"parameter; its parameters: gates, inner.weight, proj.bias, proj.weight"):
+        decay_param_groups(nn.Sequential(nn.Linear(2, 2), Wrong()), 0.1)

@@ -11,15 +11,32 @@ Two mechanisms, chosen by `BortConfig.attention`:
 Training mode (the search): one hard Gumbel-softmax sample per forward of the model (fresh noise each time,
 temperature τ = 1 by default) with the straight-through estimator: the forward sees exactly the 0/1 mask,
 the backward the gradient of the soft sample. It enters attention as the original's additive bias
-(1 − M)·(−10000) before the softmax. The trainer adds λ·Σ|M| (`mask_penalty`, a sum over every entry of the
-(heads, n, n) masks, as the original's L1 norm). One difference from hard masking is kept on purpose: a row
-whose sample keeps no real key spreads its attention over the dropped keys (they all carry the same bias),
-as in the original, where the hard mask of eval mode gives that row 0.
+(1 − M)·(−10000) before the softmax. One difference from hard masking is kept on purpose: a row whose sample
+keeps no real key spreads its attention over the dropped keys (they all carry the same bias), as in the
+original, where the hard mask of the argmax eval mode gives that row 0.
 
-Eval mode: the deterministic mask — keep where the keep-logit wins (the argmax; an exact tie keeps) — run as
-a hard boolean mask through `masked.masked_attention`. It is what `export_mask` returns and what the
-"fixed_mask" mechanism executes after `bort mask export`, so a searched model in eval mode and its export
-give the same outputs.
+The penalty (`mask_penalty`; the trainer adds λ times it to the loss), `attention_params` "penalty":
+- "sum" (default, the original): Σ|M| over every entry of the masks of the forward, sets × heads × n × n
+  of them (the original's `torch.norm(mask, p=1)` of its one (heads, 128, 128) mask). λ's strength then
+  grows with n²: a λ tuned at n = 128 is 16× stronger at n = 512.
+- "mean": the same sum divided by the number of entries, so λ means the same at every length. It gives
+  the same loss and gradient as "sum" at n = 128 with
+      λ_mean = λ_sum × sets × heads × 128 × 128
+  (sets: 1 for the shared mask, as the original; the layer count with per_layer). SparseBERT (12 heads,
+  one shared mask, λ = 5e-5 by default in its pretraining script) is λ_mean = 5e-5 × 12 × 128² = 9.8304.
+
+Eval mode, `attention_params` "eval_mask":
+- "argmax" (default; OUR choice, not the original's): the deterministic mask — keep where the keep-logit
+  wins (an exact tie keeps) — run as a hard boolean mask through `masked.masked_attention`. It is what
+  `export_mask` returns and what the "fixed_mask" mechanism executes after `bort mask export`, so a searched
+  model in eval mode and its export give the same outputs, and two eval passes agree.
+- "sample" (the original, whose forward draws a Gumbel sample whatever the mode): a fresh hard sample per
+  forward, run as in training (the additive bias), so two evaluations of one model differ (every entry
+  whose keep probability is not 0 or 1 can flip). Export and `bort mask export` still binarise by the
+  argmax.
+
+Weight decay: `DAMMask.no_weight_decay()` exempts the logits (the original's `alphas` are in a group with
+weight decay 0); `train.optim.decay_param_groups` honours it in every trainer.
 
 Sharing: the logits live in one `DAMMask` module that `BortEncoder` builds once (parameter
 `encoder.dam.logits`) and every layer's mechanism refers to without registering it (so the state dict holds it
@@ -39,6 +56,8 @@ runs at the speed of masked or block-sparse attention.
     init_std     standard deviation of the random initial logits (default 1e-3, as the original)
     temperature  Gumbel-softmax temperature τ (default 1.0)
     per_layer    one mask per layer instead of one shared by all layers (default false)
+    penalty      "sum" (default, the original: Σ|M|) or "mean" (Σ|M| / entries: λ independent of length)
+    eval_mask    "argmax" (default, ours: the deterministic mask) or "sample" (the original: a fresh sample)
 """
 from __future__ import annotations
 
@@ -49,17 +68,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import ConfigError
 from .masked import masked_attention
 from .registry import register_attention
 from .shared_state import SharedStateAttention
 
 KINDS = ("dam_s", "dam_u")
+PENALTIES = ("sum", "mean")
+EVAL_MASKS = ("argmax", "sample")
 PARAMS: dict[str, str] = {
     "max_length": "longest sequence the logits cover (default: config.max_position_embeddings)",
     "init_keep": "initial keep-logit minus drop-logit (default 0.0)",
     "init_std": "standard deviation of the random initial logits (default 1e-3)",
     "temperature": "Gumbel-softmax temperature (default 1.0)",
     "per_layer": "one mask per layer instead of one shared by all layers (default false)",
+    "penalty": f"the mask penalty: one of {', '.join(PENALTIES)} (default sum, the original's Σ|M|)",
+    "eval_mask": f"the mask in eval mode: one of {', '.join(EVAL_MASKS)} (default argmax; sample is the original's)",
 }
 MASK_BIAS = -10000.0  # the original's additive bias for a dropped entry
 
@@ -72,32 +96,35 @@ def dam_params(config: Any, kind: str) -> dict[str, Any]:
     given = dict(getattr(config, "attention_params", None) or {})
     unknown = sorted(set(given) - set(PARAMS))
     if unknown:
-        raise ValueError(f"attention {kind!r}: unknown attention_params {', '.join(unknown)}; "
-                         f"valid parameters: {', '.join(sorted(PARAMS))}")
+        raise ConfigError(f"attention {kind!r}: unknown attention_params {', '.join(unknown)}; "
+                          f"valid parameters: {', '.join(sorted(PARAMS))}")
     p = {"max_length": int(config.max_position_embeddings), "init_keep": 0.0, "init_std": 1e-3,
-         "temperature": 1.0, "per_layer": False, **given}
+         "temperature": 1.0, "per_layer": False, "penalty": "sum", "eval_mask": "argmax", **given}
     if not isinstance(p["max_length"], int) or isinstance(p["max_length"], bool) or p["max_length"] <= 0:
-        raise ValueError(f"attention {kind!r}: max_length must be a positive integer, got {p['max_length']!r}")
+        raise ConfigError(f"attention {kind!r}: max_length must be a positive integer, got {p['max_length']!r}")
     for name in ("init_keep", "init_std", "temperature"):
         value = p[name]
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise ValueError(f"attention {kind!r}: {name} must be a finite number, got {value!r}")
+            raise ConfigError(f"attention {kind!r}: {name} must be a finite number, got {value!r}")
     if p["temperature"] <= 0:
-        raise ValueError(f"attention {kind!r}: temperature must be > 0, got {p['temperature']!r}")
+        raise ConfigError(f"attention {kind!r}: temperature must be > 0, got {p['temperature']!r}")
     if p["init_std"] < 0:
-        raise ValueError(f"attention {kind!r}: init_std must be >= 0, got {p['init_std']!r}")
+        raise ConfigError(f"attention {kind!r}: init_std must be >= 0, got {p['init_std']!r}")
     if not isinstance(p["per_layer"], bool):
-        raise ValueError(f"attention {kind!r}: per_layer must be true or false, got {p['per_layer']!r}")
+        raise ConfigError(f"attention {kind!r}: per_layer must be true or false, got {p['per_layer']!r}")
+    for name, valid in (("penalty", PENALTIES), ("eval_mask", EVAL_MASKS)):
+        if not isinstance(p[name], str) or p[name] not in valid:
+            raise ConfigError(f"attention {kind!r}: {name} {p[name]!r} is not one of {', '.join(valid)}")
     # Checked before the logits are allocated: dam_u's grow with max_length², so a large max_length (or the
     # default max_position_embeddings of a long-input config) would otherwise die in the allocator.
     sets = int(config.num_hidden_layers) if p["per_layer"] else 1
     entries = sets * int(config.num_attention_heads) * p["max_length"] * (p["max_length"] if kind == "dam_u" else 1) * 2
     if entries > MAX_MASK_LOGITS:
-        raise ValueError(f"attention {kind!r}: max_length {p['max_length']} needs {entries:,} mask logits "
-                         f"({sets} set(s) × {config.num_attention_heads} heads × {p['max_length']}"
-                         f"{' × ' + str(p['max_length']) if kind == 'dam_u' else ''} × 2), more than the "
-                         f"{MAX_MASK_LOGITS:,} allowed; set attention_params max_length to the longest sequence "
-                         "the model will see" + (" (or use dam_s, one logit pair per offset)" if kind == "dam_u" else ""))
+        raise ConfigError(f"attention {kind!r}: max_length {p['max_length']} needs {entries:,} mask logits "
+                          f"({sets} set(s) × {config.num_attention_heads} heads × {p['max_length']}"
+                          f"{' × ' + str(p['max_length']) if kind == 'dam_u' else ''} × 2), more than the "
+                          f"{MAX_MASK_LOGITS:,} allowed; set attention_params max_length to the longest sequence "
+                          "the model will see" + (" (or use dam_s, one logit pair per offset)" if kind == "dam_u" else ""))
     return p
 
 
@@ -190,6 +217,8 @@ class DAMMask(nn.Module):
         self.max_length: int = p["max_length"]
         self.temperature = float(p["temperature"])
         self.per_layer: bool = p["per_layer"]
+        self.penalty_mode: str = p["penalty"]
+        self.eval_mask: str = p["eval_mask"]
         self.num_sets = int(config.num_hidden_layers) if self.per_layer else 1
         heads, length = int(config.num_attention_heads), self.max_length
         shape = (self.num_sets, heads, length, 2) if kind == "dam_s" else (self.num_sets, heads, length, length, 2)
@@ -200,7 +229,13 @@ class DAMMask(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"kind={self.kind}, max_length={self.max_length}, temperature={self.temperature}, "
-                f"per_layer={self.per_layer}")
+                f"per_layer={self.per_layer}, penalty={self.penalty_mode}, eval_mask={self.eval_mask}")
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay (read by `train.optim.decay_param_groups`): the logits are
+        not weights; decay would pull each toward keep = drop, a keep probability of 1/2, whatever the
+        penalty and the task want (the original puts its `alphas` in a group with weight decay 0)."""
+        return {"logits"}
 
     def __getstate__(self) -> dict[str, Any]:
         # The last samples carry an autograd graph, which deepcopy and pickle refuse; they are not state.
@@ -246,17 +281,22 @@ class DAMMask(nn.Module):
         with torch.no_grad():
             return self._to_pairs(self._delta(index, n) >= 0, n)
 
+    def sampling(self) -> bool:
+        """Whether this forward draws a sample: in training, and in eval with eval_mask "sample"."""
+        return self.training or self.eval_mask == "sample"
+
     def mask_for(self, layer_idx: int, n: int) -> torch.Tensor:
-        """The mask layer `layer_idx` uses in this forward: in training a float straight-through sample
-        (shared: drawn by layer 0, reused by the others), in eval the bool deterministic mask."""
+        """The mask layer `layer_idx` uses in this forward: a float straight-through sample when `sampling`
+        (shared: drawn by layer 0, reused by the others), else the bool deterministic mask."""
         index = layer_idx if self.per_layer else 0
         cached = self._current.get(index)
-        # Layer 0 opens a forward; a shared mask is then reused by the later layers (eval too: the
-        # deterministic mask of dam_u at n = 512 is a 16 MB temporary per layer otherwise).
+        sampling = self.sampling()
+        # Layer 0 opens a forward; a shared mask is then reused by the later layers (the deterministic mask
+        # too: that of dam_u at n = 512 is a 16 MB temporary per layer otherwise).
         reuse = (not self.per_layer and layer_idx != 0 and cached is not None and cached.shape[-1] == n
-                 and (cached.dtype == torch.bool) == (not self.training))
+                 and (cached.dtype == torch.bool) == (not sampling))
         if not reuse:
-            cached = self.sample(index, n) if self.training else self.deterministic(index, n)
+            cached = self.sample(index, n) if sampling else self.deterministic(index, n)
             self._current[index] = cached
         return cached
 
@@ -268,8 +308,13 @@ class DAMMask(nn.Module):
         return [self.deterministic(i, self.max_length) for i in range(self.num_sets)]
 
     def penalty(self) -> torch.Tensor:
-        """Σ|M| over every entry of the current masks (differentiable in training)."""
-        return torch.stack([m.float().abs().sum() for m in self.current()]).sum()
+        """Σ|M| over every entry of the current masks (differentiable when sampled), divided by the number of
+        entries with penalty "mean" (see the module docstring for the λ that matches "sum" at n = 128)."""
+        masks = self.current()
+        total = torch.stack([m.float().abs().sum() for m in masks]).sum()
+        if self.penalty_mode == "mean":
+            return total / sum(m.numel() for m in masks)
+        return total
 
     def density(self) -> float:
         """Fraction of kept entries in the current masks."""
@@ -374,7 +419,8 @@ def dam_masks(model: nn.Module) -> list[DAMMask]:
 
 
 def mask_penalty(model: nn.Module) -> torch.Tensor | None:
-    """Σ|M| of the masks sampled in the model's last forward, summed over mask sets (one, or one per layer);
+    """The penalty of the masks sampled in the model's last forward (`DAMMask.penalty`: Σ|M| over mask sets,
+    one or one per layer, or its mean over entries with penalty "mean"), summed over the model's DAM masks;
     None when the model has no DAM attention. The trainer adds λ times this to the loss."""
     masks = dam_masks(model)
     if not masks:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..config import ConfigError
 from .masked import masked_attention
 from .registry import register_attention
 from .shared_state import SharedStateAttention
@@ -45,6 +46,14 @@ PARAMS: dict[str, str] = {
 def fixed_mask_params(config: Any) -> dict[str, Any]:
     """The validated parameters of a "fixed_mask" config, defaults filled in."""
     given = dict(getattr(config, "attention_params", None) or {})
+    # The DAM search's options, given to its exported mask (a config edited from dam_s/dam_u to fixed_mask):
+    # refused with the reason rather than as a mere unknown name.
+    for name, why in (("penalty", "the mask penalty λ·Σ|M| (sum or mean) trains DAM mask logits"),
+                      ("eval_mask", "eval-mode sampling draws from DAM mask logits")):
+        if name in given:
+            raise ConfigError(f"attention 'fixed_mask': {name}={given[name]!r} has nothing to act on: a fixed mask "
+                              f"has nothing to learn ({why}, and a fixed mask is a stored 0/1 buffer with none); "
+                              f"remove {name}, or search with attention dam_s/dam_u before `bort mask export`")
     unknown = sorted(set(given) - set(PARAMS))
     if unknown:
         raise ValueError(f"attention 'fixed_mask': unknown attention_params {', '.join(unknown)}; "

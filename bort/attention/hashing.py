@@ -4,22 +4,30 @@ A τ-bit code records on which side of τ hyperplanes through the origin a vecto
 angle θ fall on the same side of one uniformly random hyperplane with probability 1 − θ/π, so with
 independent hyperplanes they share the whole code with probability (1 − θ/π)^τ: the weight YOSO-E uses.
 
-Two ways to draw the m·τ hyperplanes of a batch×head, chosen by `method`:
+Three ways to draw the m·τ hyperplanes of a batch×head, chosen by `method`:
 - "simhash": independent Gaussian directions.
 - "hadamard": rows of structured random rotations H·D₃·H·D₂·H·D₁ (D_i random ±1 diagonals, H the
-  Walsh–Hadamard matrix, applied by the fast transform), as in the YOSO paper and the cross-polytope LSH
-  literature (Andoni et al., 2015). Vectors are zero-padded to D = the next power of two ≥ head_dim (at
-  least 32: narrower structured rotations are measurably far from uniform ones). Bit t of hash h is a row
-  of rotation (h·τ + t) mod R, with R ≥ τ rotations, so the τ bits of one hash come from τ independent
-  rotations: rows of one rotation are orthogonal, and a hash built from them would collide less often
-  than (1 − θ/π)^τ (measured: −5% at head_dim 64, τ = 8; far more for small head_dim).
+  Walsh–Hadamard matrix, applied by the fast transform), as in the cross-polytope LSH literature (Andoni
+  et al., 2015). Vectors are zero-padded to D = the next power of two ≥ head_dim (at least 32: narrower
+  structured rotations are measurably far from uniform ones). Bit t of hash h is a row of rotation
+  (h·τ + t) mod R, with R ≥ τ rotations, so the τ bits of one hash come from τ independent rotations: rows of
+  one rotation are orthogonal, and a hash built from them would collide less often than (1 − θ/π)^τ
+  (measured: −5% at head_dim 64, τ = 8; far more for small head_dim). This matches the ideal rate; it is our
+  construction, not the YOSO paper's.
+- "fast_hadamard": the YOSO paper's fast hash (its LRA configurations' `use_fast_hash`), built as the
+  original code builds it: the same H·D₃·H·D₂·H·D₁ rotations on the vector zero-padded to D (the original
+  needs a power-of-two head_dim and pads below 32), but each rotation serves ⌊D/τ⌋ whole hashes: hash h takes
+  the τ consecutive coordinates j·τ … j·τ + τ − 1 of rotation h // ⌊D/τ⌋, j = h mod ⌊D/τ⌋ (coordinates
+  beyond ⌊D/τ⌋·τ are unused), and R = ⌈m / ⌊D/τ⌋⌉ rotations are drawn. Because a hash's τ directions are
+  orthogonal, it *under*-collides: at D = 32, τ = 11 about 0.99 / 0.97 / 0.93 / 0.86 of (1 − θ/π)^τ at
+  10° / 20° / 30° / 45° (tested). Needs τ ≤ D.
 
-Either way the hyperplanes of a call are materialised as one (head_dim, m·τ) matrix per batch×head and applied
-by a matrix product: for "hadamard" the rotations are multiplied out once per call (three R × D × D products
-with H, which the fast transform builds), because on a CPU one GEMM over the n vectors beats running the
-O(D log D) butterflies on each of them by an order of magnitude (measured 8 vs 240 ms at n = 4096, head_dim
-64, m·τ = 384, one core); the codes are the same (tested). So on CPU the two methods cost the same; they
-differ in the distribution of the hyperplanes (structured orthogonal rows vs independent Gaussians).
+The hyperplanes of a call are materialised as one (head_dim, m·τ) matrix per batch×head and applied by a
+matrix product: for the two Hadamard methods the rotations are multiplied out once per call (three R × D × D
+products with H, which the fast transform builds), because on a CPU one GEMM over the n vectors beats running
+the O(D log D) butterflies on each of them by an order of magnitude (measured 8 vs 240 ms at n = 4096,
+head_dim 64, m·τ = 384, one core); the codes are the same (tested). So on CPU the methods cost the same; they
+differ in the distribution of the hyperplanes.
 
 Codes are int32 (m, n) in [0, 2^τ): bit t of hash h is 1 when the projection on direction h·τ + t is positive.
 """
@@ -30,9 +38,10 @@ import threading
 
 import torch
 
-__all__ = ["HASHING_METHODS", "HashFamily", "fwht", "hadamard_planes", "pack_bits"]
+__all__ = ["HASHING_METHODS", "HashFamily", "fast_hadamard_planes", "fwht", "hadamard_planes", "pack_bits",
+           "rotation_width"]
 
-HASHING_METHODS = ("simhash", "hadamard")
+HASHING_METHODS = ("simhash", "hadamard", "fast_hadamard")
 # Smallest rotation width D (see the module docstring).
 _MIN_WIDTH = 32
 # Per-thread scratch for the (m·τ, n) projections (6 MB at n = 4096): reused, because a fresh block that size
@@ -79,17 +88,41 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def hadamard_planes(signs: torch.Tensor, head_dim: int, bits: int) -> torch.Tensor:
-    """(head_dim, bits) hyperplanes from R structured rotations: signs (3, R, D) ±1 → x ↦ x·D₁·H·D₂·H·D₃·H
-    per rotation, bit f taken from direction f // R of rotation f % R. H is built by the fast transform; the
-    three products with it are small batched GEMMs (R × D × D)."""
-    _, rotations, width = signs.shape
+def rotation_width(head_dim: int) -> int:
+    """D: the power of two ≥ head_dim (at least 32) that vectors are zero-padded to before the rotations."""
+    return max(_MIN_WIDTH, 1 << max(0, (head_dim - 1).bit_length()))
+
+
+def _rotations(signs: torch.Tensor) -> torch.Tensor:
+    """signs (3, R, D) ±1 → (R, D, D) matrices: x ↦ x·D₁·H·D₂·H·D₃·H (the row-vector form of H·D₃·H·D₂·H·D₁·x,
+    H being symmetric) per rotation; column c of matrix r is output coordinate c of rotation r. H is built by
+    the fast transform; the three products with it are small batched GEMMs (R × D × D)."""
+    width = signs.shape[-1]
     hadamard = fwht(torch.eye(width, dtype=signs.dtype, device=signs.device))
     y = torch.diag_embed(signs[0]) @ hadamard
     for s in signs[1:]:
         y = (y * s[:, None, :]) @ hadamard  # right-multiplying by D_i scales columns
+    return y
+
+
+def hadamard_planes(signs: torch.Tensor, head_dim: int, bits: int) -> torch.Tensor:
+    """"hadamard": (head_dim, bits) hyperplanes from R rotations, bit f taken from direction f // R of rotation
+    f % R (so consecutive bits, i.e. the τ bits of one hash, come from different rotations)."""
+    _, rotations, width = signs.shape
+    y = _rotations(signs)
     # y[r] is the D×D matrix of rotation r; column c of it is direction c. Flat bit f = c·R + r.
     return y[:, :head_dim, :].permute(1, 2, 0).reshape(head_dim, width * rotations)[:, :bits]
+
+
+def fast_hadamard_planes(signs: torch.Tensor, head_dim: int, num_hash: int, hash_code_len: int) -> torch.Tensor:
+    """"fast_hadamard": (head_dim, m·τ) hyperplanes, the YOSO paper's layout: with p = ⌊D/τ⌋ hashes per
+    rotation, bit t of hash h is coordinate (h mod p)·τ + t of rotation h // p (needs R ≥ ⌈m/p⌉)."""
+    width = signs.shape[-1]
+    per_rotation = width // hash_code_len
+    used = per_rotation * hash_code_len  # the first p·τ coordinates of each rotation; the rest are unused
+    y = _rotations(signs)[:, :head_dim, :used]  # (R, head_dim, p·τ)
+    # flat bit r·p·τ + j·τ + t = (r·p + j)·τ + t = h·τ + t for hash h = r·p + j
+    return y.permute(1, 0, 2).reshape(head_dim, -1)[:, : num_hash * hash_code_len]
 
 
 class HashFamily:
@@ -111,12 +144,20 @@ class HashFamily:
             planes = torch.randn(groups, head_dim, bits, generator=generator, dtype=dtype, device=device)
             self.planes_t = planes.transpose(1, 2).contiguous()  # (groups, m·τ, head_dim): Rᵀ
         else:
-            width = max(_MIN_WIDTH, 1 << max(0, (head_dim - 1).bit_length()))
-            rotations = max(hash_code_len, math.ceil(bits / width))  # ≥ τ: a hash's bits in distinct rotations
+            width = rotation_width(head_dim)
+            if method == "hadamard":
+                # ≥ τ rotations: a hash's bits in distinct rotations
+                rotations = max(hash_code_len, math.ceil(bits / width))
+            else:
+                if hash_code_len > width:
+                    raise ValueError(f"hashing 'fast_hadamard' takes the {hash_code_len} bits of a hash from one "
+                                     f"rotation of width {width} (head_dim {head_dim} padded to a power of two "
+                                     f">= {_MIN_WIDTH}); hash_code_len must be <= {width}")
+                rotations = math.ceil(num_hash / (width // hash_code_len))  # whole hashes per rotation
             signs = torch.randint(0, 2, (groups, 3, rotations, width), generator=generator, device=device)
             self.signs = (signs * 2 - 1).to(dtype)
         self.head_dim, self.bits = head_dim, bits
-        self._built: dict[int, torch.Tensor] = {}  # "hadamard" planes per group, built on first use
+        self._built: dict[int, torch.Tensor] = {}  # Hadamard planes per group, built on first use
 
     def group_planes(self, group: int) -> torch.Tensor:
         """The (head_dim, m·τ) hyperplanes R of one batch×head (as a transposed view)."""
@@ -125,9 +166,13 @@ class HashFamily:
     def _planes_t(self, group: int) -> torch.Tensor:
         if self.method == "simhash":
             return self.planes_t[group]
-        # "hadamard": built here, so that each worker thread builds its own groups' rotations
+        # Hadamard methods: built here, so that each worker thread builds its own groups' rotations
         if group not in self._built:  # each group is hashed by one worker (queries, then keys)
-            self._built[group] = hadamard_planes(self.signs[group], self.head_dim, self.bits).t().contiguous()
+            if self.method == "hadamard":
+                planes = hadamard_planes(self.signs[group], self.head_dim, self.bits)
+            else:
+                planes = fast_hadamard_planes(self.signs[group], self.head_dim, self.num_hash, self.hash_code_len)
+            self._built[group] = planes.t().contiguous()
         return self._built[group]
 
     def codes_many(self, x: torch.Tensor, group: int) -> torch.Tensor:

@@ -17,6 +17,12 @@ Every pattern also takes `block` (default 1): with block > 1 the pattern is buil
 block positions (every size parameter then counts blocks) and each cell is expanded to a block × block
 tile. That is BigBird's own formulation (e.g. block 64 with 3 window, 2 global and 3 random blocks) and is what
 keeps a block layout sparse; `block` must divide n.
+
+BigBird's global blocks are the first and the last (`global_blocks="first_last"`, the default), as in the
+BigBird paper's block-sparse implementation and Hugging Face's `big_bird` (tested against HF's layout); with
+num_global g the first ⌈g/2⌉ and the last ⌊g/2⌋ positions. `global_blocks="first"` gives the first g
+positions, this library's layout before issue 24. With padded batches the last block is the padded sequence's
+last, as in HF. Longformer and Star keep their global tokens first (their papers' [CLS]-style globals).
 """
 from __future__ import annotations
 
@@ -53,6 +59,19 @@ def _global(allowed: torch.Tensor, num_global: int) -> torch.Tensor:
     return allowed
 
 
+# Where BigBird's global positions sit: "first_last" (the paper's and HF's), "first" (our former layout).
+GLOBAL_BLOCKS = ("first_last", "first")
+
+
+def _global_positions(n: int, num_global: int, global_blocks: str) -> torch.Tensor:
+    """Indices of the global positions: the first ⌈g/2⌉ and the last ⌊g/2⌋, or the first g."""
+    idx = torch.arange(n)
+    if global_blocks == "first":
+        return idx[:num_global]
+    last = num_global // 2
+    return torch.cat((idx[: num_global - last], idx[n - last:] if last else idx[:0]))
+
+
 def _strided(n: int, stride: int) -> torch.Tensor:
     d = _offsets(n)
     return (d.abs() < stride) | (d % stride == 0)
@@ -76,8 +95,12 @@ def _logsparse(n: int) -> torch.Tensor:
     return (d == 0) | ((d > 0) & ((d & (d - 1)) == 0))
 
 
-def _bigbird(n: int, window: int, num_global: int, num_random: int, seed: int) -> torch.Tensor:
-    allowed = _longformer(n, window, num_global)
+def _bigbird(n: int, window: int, num_global: int, num_random: int, seed: int,
+             global_blocks: str = "first_last") -> torch.Tensor:
+    allowed = _offsets(n).abs() <= window
+    positions = _global_positions(n, num_global, global_blocks)
+    allowed[positions, :] = True
+    allowed[:, positions] = True
     if num_random == 0:
         return allowed
     # Random keys are drawn from those a row does not already see, so the count (and the sparsity) is
@@ -116,9 +139,12 @@ PATTERNS: dict[str, Pattern] = {
     "logsparse": Pattern("logsparse", _logsparse, lambda n: {}, {}),
     "bigbird": Pattern(
         "bigbird", _bigbird,
-        lambda n: {"window": min(1, n - 1), "num_global": min(2, n), "num_random": 2, "seed": 0},
+        lambda n: {"window": min(1, n - 1), "num_global": min(2, n), "num_random": 2, "seed": 0,
+                   "global_blocks": "first_last"},
         {"window": "keys with |i-j| <= window; 0..n-1; default 1",
-         "num_global": "first tokens attending and attended everywhere; 0..n; default 2",
+         "num_global": "tokens attending and attended everywhere (where: global_blocks); 0..n; default 2",
+         "global_blocks": "first_last (the first ceil(g/2) and last floor(g/2) positions, as BigBird and HF) "
+                          "or first (the first g); default first_last",
          "num_random": "extra keys per row drawn outside window and global (fewer if the row has fewer "
                        "unseen keys); >= 0; default 2",
          "seed": "seed of the random keys (head h of a layout uses seed + h); default 0"},
@@ -174,6 +200,11 @@ def resolve_params(name: str, seq_len: int, **params: Any) -> Params:
     grid = n // block
     values = {**pattern.defaults(grid), **{k: v for k, v in params.items() if k != "block"}}
     for key, value in values.items():
+        if key == "global_blocks":
+            if not isinstance(value, str) or value not in GLOBAL_BLOCKS:
+                raise ValueError(f"pattern {name!r}: global_blocks={value!r}; valid values: "
+                                 f"{', '.join(GLOBAL_BLOCKS)}")
+            continue
         value = _int(name, key, value)
         if key == "stride":
             _in_range(name, key, value, 1, grid, grid)

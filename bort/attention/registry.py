@@ -5,6 +5,9 @@ Every mechanism is an `nn.Module` built as `cls(config, layer_idx)` and called a
 tensors of shape (batch, heads, seq, head_dim); `key_padding_mask` is (batch, seq) bool with True for real
 tokens. The projections around it (query/key/value/output) belong to the encoder layer, so a mechanism
 never owns parameters that a checkpoint of another mechanism would lack, unless it is learned (DAM).
+A module holding parameters that are not weights (DAM's mask logits) declares them exempt from weight decay
+with a `no_weight_decay()` method returning their names relative to itself; `train.optim.decay_param_groups`
+honours it, so no trainer needs to know a mechanism's parameter names.
 """
 from __future__ import annotations
 

@@ -9,10 +9,12 @@ L2-normalise the output rows, which replaces softmax's denominator (as in the re
 are normalised before the cumulation and the output right after it; the optional YOSO-C convolution over V is
 added after that normalisation).
 
-Backward of the sampled path: by default the LSH backward of the paper, which replaces the derivative of
-(1 − arccos(x)/π)^τ by (τ/2)·(1 − arccos(x)/π)^τ so that the Q and K gradients are estimated from the same
-collisions as the forward pass (∇V is an exact cumulation); `exact_backward=True` computes the exact gradient
-of YOSO-E instead, in O(n²) time and linear memory.
+Backward (`backward`): by default the paper's rule, which replaces the derivative of (1 − arccos(x)/π)^τ by
+(τ/2)·(1 − arccos(x)/π)^τ, "lsh" — for `yoso` estimated from the same collisions as the forward pass (∇V is
+the transposed cumulation), for `yoso_e` applied to E itself (as the paper's YOSO-E, the reference code and
+Hugging Face's YOSO do). `yoso` also offers "lsh_expectation", the same rule on E in O(n²) (the reference
+code's `n2_backward`), and both offer "exact", the exact gradient of YOSO-E, in O(n²) time and linear memory
+(`exact_backward=True` is the older spelling of backward="exact").
 
 Where the work happens: `yoso_lsh` (the autograd function, a batch×head at a time on every core),
 `lsh_buckets` (bucket sorting and the sums over colliding pairs), `hashing` (the codes), `group_pool`
@@ -29,10 +31,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .collision_prob import CollisionProb
+from .collision_prob import CollisionProb, collision_prob
 from .hashing import HASHING_METHODS, pack_bits
 from .registry import register_attention
-from .yoso_lsh import LSHAttention
+from .yoso_lsh import BACKWARDS, EXPECTATION_BACKWARDS, LSHAttention
 
 __all__ = ["yoso_e", "yoso_e_autograd", "yoso", "hash_codes", "YosoAttention", "YosoEAttention"]
 
@@ -70,6 +72,35 @@ def _finish(y: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Ten
     return y
 
 
+def _resolve_backward(backward: str | None, exact_backward: bool, valid: tuple[str, ...]) -> str:
+    """The backward rule from `backward` (None: the paper's "lsh") and the older `exact_backward` flag."""
+    if backward is None:
+        return "exact" if exact_backward else "lsh"
+    if not isinstance(backward, str) or backward not in valid:
+        raise ValueError(f"backward must be one of {', '.join(valid)}; got {backward!r}")
+    if exact_backward and backward != "exact":
+        raise ValueError(f"exact_backward=True asks for backward 'exact' but backward is {backward!r}: set one "
+                         "of them")
+    return backward
+
+
+class _HalfTauCollisionProb(torch.autograd.Function):
+    """(1 − arccos(x)/π)^τ elementwise with the paper's surrogate derivative (τ/2)·(1 − arccos(x)/π)^τ: the
+    rule of YOSO-E's backward (and what the sampled LSH backward estimates)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, tau: int) -> torch.Tensor:
+        prob = collision_prob(x.clamp(-1.0, 1.0), tau)  # clamped as `CollisionProb`: no NaN at q ∥ k
+        ctx.save_for_backward(prob)
+        ctx.tau = tau
+        return prob
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (prob,) = ctx.saved_tensors
+        return grad * prob * (ctx.tau / 2.0), None
+
+
 # --- YOSO-E ----------------------------------------------------------------------------------------------------
 def expectation_weights(q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
                         hash_code_len: int = 8) -> torch.Tensor:
@@ -83,31 +114,37 @@ def expectation_weights(q: torch.Tensor, k: torch.Tensor, key_padding_mask: torc
 
 
 def yoso_e(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
-           hash_code_len: int = 8) -> torch.Tensor:
-    """YOSO-E: normalise(E·V) with E the SimHash collision probability, and its exact gradients.
+           hash_code_len: int = 8, backward: str = "lsh") -> torch.Tensor:
+    """YOSO-E: normalise(E·V) with E the SimHash collision probability.
 
-    q, k, v: (batch, heads, n, head_dim); key_padding_mask: (batch, n), True/1 = real token.
-    Returns (batch, heads, n, head_dim). O(n²) time. On the CPU the work runs per batch×head on the worker
-    threads (`yoso_lsh.LSHAttention` in expectation mode) in blocks of query rows, and the backward recomputes
-    E instead of keeping it: memory linear in n. Elsewhere it is plain autograd (`yoso_e_autograd`).
+    q, k, v: (batch, heads, n, head_dim); key_padding_mask: (batch, n), True/1 = real token; `backward`:
+    "lsh" (default: the paper's rule, dE/dx taken as (τ/2)·E, as the reference code and Hugging Face's YOSO)
+    or "exact" (the exact derivative of E·V). Returns (batch, heads, n, head_dim). O(n²) time. On the CPU the
+    work runs per batch×head on the worker threads (`yoso_lsh.LSHAttention` in expectation mode) in blocks of
+    query rows, and the backward recomputes E instead of keeping it: memory linear in n. Elsewhere it is plain
+    autograd (`yoso_e_autograd`).
     """
     _check(q, k, v, key_padding_mask, hash_code_len)
+    backward = _resolve_backward(backward, False, EXPECTATION_BACKWARDS)
     if q.device.type != "cpu":
-        return yoso_e_autograd(q, k, v, key_padding_mask, hash_code_len)
+        return yoso_e_autograd(q, k, v, key_padding_mask, hash_code_len, backward)
     real = None if key_padding_mask is None else key_padding_mask.bool()
-    # apply() takes no keywords: num_hash 1 and generator None (no hashing happens), exact_backward, "simhash"
+    # apply() takes no keywords: num_hash 1 and generator None (no hashing happens), backward, "simhash"
     # (unused), real, normalize, backward_hashes None, expectation.
-    return LSHAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), hash_code_len, 1, None, True,
+    return LSHAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), hash_code_len, 1, None, backward,
                               "simhash", real, True, None, True)
 
 
 def yoso_e_autograd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    key_padding_mask: torch.Tensor | None = None, hash_code_len: int = 8) -> torch.Tensor:
+                    key_padding_mask: torch.Tensor | None = None, hash_code_len: int = 8,
+                    backward: str = "lsh") -> torch.Tensor:
     """YOSO-E as autograd ops over whole (batch, heads, n, n) tensors: any device, O(n²) memory (the path
-    for GPUs; on the CPU the tests' reference for `yoso_e`)."""
+    for GPUs; on the CPU the tests' reference for `yoso_e`). `backward` as in `yoso_e`."""
     _check(q, k, v, key_padding_mask, hash_code_len)
+    backward = _resolve_backward(backward, False, EXPECTATION_BACKWARDS)
     qn, kn, v = _prepare(q, k, v, key_padding_mask)
-    e = CollisionProb.apply(qn @ kn.transpose(-1, -2), hash_code_len)
+    weight = _HalfTauCollisionProb if backward == "lsh" else CollisionProb
+    e = weight.apply(qn @ kn.transpose(-1, -2), hash_code_len)
     return _finish(e @ v, key_padding_mask)
 
 
@@ -121,14 +158,16 @@ def hash_codes(x: torch.Tensor, planes: torch.Tensor, hash_code_len: int) -> tor
 
 def yoso(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
          hash_code_len: int = 8, num_hash: int = 32, generator: torch.Generator | None = None,
-         exact_backward: bool = False, hashing: str = "simhash", backward_hashes: int | None = None
-         ) -> torch.Tensor:
+         exact_backward: bool = False, hashing: str = "simhash", backward_hashes: int | None = None,
+         backward: str | None = None) -> torch.Tensor:
     """Sampled YOSO: normalise(LSH estimate of E·V) with `num_hash` τ-bit SimHashes, linear in n.
 
     q, k, v: (batch, heads, n, head_dim); key_padding_mask: (batch, n), True/1 = real token; `generator`
     seeds the hash functions; `hashing`: "simhash" (Gaussian hyperplanes) or "hadamard" (structured rotations
-    from the fast Walsh–Hadamard transform; see `bort.attention.hashing`). Backward: LSH estimate by default,
-    exact YOSO-E gradient with `exact_backward`; `backward_hashes` b ≤ num_hash makes the LSH backward read only
+    from the fast Walsh–Hadamard transform; see `bort.attention.hashing`). `backward`: "lsh" (None, the
+    default: the paper's τ/2 rule estimated from the forward's collisions), "lsh_expectation" (the same rule on
+    the expectation E, O(n²): the reference code's `n2_backward`) or "exact" (the exact gradient of YOSO-E,
+    O(n²); `exact_backward=True` says the same); `backward_hashes` b ≤ num_hash makes the LSH backward read only
     b of the hashes (an unbiased estimate of the same gradient, ~num_hash/b times the variance, ~b/num_hash of
     the backward's cost; None: all). Computed on the CPU (tensors on another device are copied
     there and back). Returns (batch, heads, n, head_dim).
@@ -138,32 +177,33 @@ def yoso(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: to
         raise ValueError(f"num_hash must be a positive integer, got {num_hash!r}")
     if hashing not in HASHING_METHODS:
         raise ValueError(f"hashing must be one of {', '.join(HASHING_METHODS)}; got {hashing!r}")
-    _check_backward_hashes(backward_hashes, num_hash, exact_backward)
+    backward = _resolve_backward(backward, bool(exact_backward), BACKWARDS)
+    _check_backward_hashes(backward_hashes, num_hash, backward)
     if q.device.type != "cpu":
         # The LSH sums are a CPU implementation (numpy bookkeeping): other devices round-trip through it.
         cpu = (None if key_padding_mask is None else key_padding_mask.cpu())
-        return yoso(q.cpu(), k.cpu(), v.cpu(), cpu, hash_code_len, num_hash, generator, exact_backward,
-                    hashing, backward_hashes).to(q.device)
+        return yoso(q.cpu(), k.cpu(), v.cpu(), cpu, hash_code_len, num_hash, generator, False,
+                    hashing, backward_hashes, backward).to(q.device)
     real = None if key_padding_mask is None else key_padding_mask.bool()
     return LSHAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), hash_code_len, num_hash, generator,
-                              bool(exact_backward), hashing, real, True, backward_hashes)
+                              backward, hashing, real, True, backward_hashes)
 
 
-def _check_backward_hashes(backward_hashes: int | None, num_hash: int, exact_backward: bool) -> None:
+def _check_backward_hashes(backward_hashes: int | None, num_hash: int, backward: str) -> None:
     if backward_hashes is None:
         return
     if not isinstance(backward_hashes, int) or isinstance(backward_hashes, bool) or \
             not 1 <= backward_hashes <= num_hash:
         raise ValueError(f"backward_hashes must be None or an integer in 1 … num_hash ({num_hash}), "
                          f"got {backward_hashes!r}")
-    if exact_backward:
-        raise ValueError("backward_hashes applies to the LSH backward; exact_backward computes the exact "
-                         "gradient from no hashes: set one of them")
+    if backward != "lsh":
+        raise ValueError(f"backward_hashes applies to the LSH backward (backward 'lsh'); backward {backward!r} "
+                         "computes its gradient from no hashes: set one of them")
 
 
 # --- mechanisms ---------------------------------------------------------------------------------------------------
 _PARAMS: dict[str, Any] = {"hash_code_len": 8, "num_hash": 32, "conv_window": None, "exact_backward": False,
-                           "hashing": "simhash", "backward_hashes": None}
+                           "hashing": "simhash", "backward_hashes": None, "backward": None}
 
 
 @register_attention("yoso")
@@ -172,8 +212,10 @@ class YosoAttention(nn.Module):
 
     `config.attention_params`: hash_code_len τ (default 8, suited to BERT-length inputs; the LRA configs use
     11-12 at n ≥ 1000), num_hash m (32), conv_window w (None; an integer adds YOSO-C's depthwise convolution
-    over V along the sequence, one kernel per head, after the output normalisation), exact_backward (False),
-    hashing ("simhash", Gaussian hyperplanes, or "hadamard", fast Hadamard rotations; see `hashing`),
+    over V along the sequence, one kernel per head, after the output normalisation), backward (None: "lsh",
+    the paper's τ/2 rule; also "lsh_expectation", the reference code's `n2_backward`, and "exact" — see
+    `yoso`; `yoso_e` takes "lsh" or "exact"), exact_backward (False; True is backward "exact"), hashing
+    ("simhash", Gaussian hyperplanes, or "hadamard", fast Hadamard rotations; see `hashing`),
     backward_hashes (None: all; b: the LSH backward reads b of the m hashes — see `yoso`).
     `need_weights=True` returns the expected weights E (not probabilities: rows are not normalised).
     """
@@ -190,7 +232,8 @@ class YosoAttention(nn.Module):
         params = {**_PARAMS, **params}
         self.hash_code_len = params["hash_code_len"]
         self.num_hash = params["num_hash"]
-        self.exact_backward = bool(params["exact_backward"])
+        self.backward = _resolve_backward(params["backward"], bool(params["exact_backward"]),
+                                          EXPECTATION_BACKWARDS if self.expectation else BACKWARDS)
         self.hashing = params["hashing"]
         if self.hashing not in HASHING_METHODS:
             raise ValueError(f"hashing must be one of {', '.join(HASHING_METHODS)}; got {self.hashing!r}")
@@ -211,17 +254,16 @@ class YosoAttention(nn.Module):
             raise ValueError(f"num_hash must be a positive integer, got {self.num_hash!r}")
         self.backward_hashes = params["backward_hashes"]
         if not self.expectation:
-            _check_backward_hashes(self.backward_hashes, self.num_hash, self.exact_backward)
+            _check_backward_hashes(self.backward_hashes, self.num_hash, self.backward)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 key_padding_mask: torch.Tensor | None = None,
                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.expectation:
-            out = yoso_e(q, k, v, key_padding_mask, hash_code_len=self.hash_code_len)
+            out = yoso_e(q, k, v, key_padding_mask, hash_code_len=self.hash_code_len, backward=self.backward)
         else:
             out = yoso(q, k, v, key_padding_mask, hash_code_len=self.hash_code_len, num_hash=self.num_hash,
-                       exact_backward=self.exact_backward, hashing=self.hashing,
-                       backward_hashes=self.backward_hashes)
+                       hashing=self.hashing, backward_hashes=self.backward_hashes, backward=self.backward)
         if self.conv is not None:
             vm = v if key_padding_mask is None else v.masked_fill(~key_padding_mask.bool()[:, None, :, None], 0.0)
             out = out + self.conv(vm)[:, :, : v.shape[2]]  # an even window yields one extra row
@@ -231,6 +273,7 @@ class YosoAttention(nn.Module):
 
 @register_attention("yoso_e")
 class YosoEAttention(YosoAttention):
-    """YOSO-E (the exact expectation, O(n²)) with the same parameters; num_hash is ignored."""
+    """YOSO-E (the exact expectation, O(n²)) with the same parameters; num_hash is ignored, and `backward` is
+    "lsh" (default: the paper's τ/2 rule on E, as the reference code and Hugging Face's YOSO) or "exact"."""
 
     expectation = True

@@ -15,9 +15,11 @@ estimated from the same collisions as the forward pass; then through the input n
 `backward_hashes` b < m that estimate uses only the collisions of the first b hashes, scaled by 1/b instead of
 1/m: the hashes are independent and identically distributed, so this is an unbiased estimate of the same
 gradient (of the m-hash LSH rule, ∇V included) with about m/b times its variance, at about b/m of its cost.
-`exact_backward` computes the exact gradient of E·V (YOSO-E) instead, O(n²) time in query blocks of linear
-memory. `normalize=False` skips the three normalisations (q and k are then taken as unit vectors): the bare
-estimate of E·V, which the tests compare with its closed form.
+The other backward rules (`BACKWARDS`) are O(n²) in time, in query blocks of linear memory, and read no
+hashes: "lsh_expectation" applies the same τ/2 rule to the expectation E itself (∇V = Eᵀ·g,
+∇q̂_i = (τ/2)·Σ_j E_ij·(g_i·v_j)·k̂_j: the reference implementation's `n2_backward`, and YOSO-E's gradient in
+the paper), "exact" the exact gradient of E·V. `normalize=False` skips the three normalisations (q and k are
+then taken as unit vectors): the bare estimate of E·V, which the tests compare with its closed form.
 """
 from __future__ import annotations
 
@@ -29,11 +31,17 @@ from .group_pool import map_groups
 from .hashing import HashFamily
 from .lsh_buckets import Collisions, build_buckets, collision_sums, gradient_sums
 
-__all__ = ["LSHAttention", "exact_forward", "exact_grads", "normalize_backward", "packs_of"]
+__all__ = ["BACKWARDS", "EXPECTATION_BACKWARDS", "LSHAttention", "exact_forward", "exact_grads", "expectation_grads",
+           "normalize_backward", "packs_of"]
 
+# Backward rules of the sampled YOSO: the τ/2 rule estimated from the forward's collisions, the τ/2 rule on the
+# expectation E (O(n²)), the exact derivative of E·V (O(n²)). YOSO-E (`expectation`) knows "lsh", meaning the τ/2
+# rule on its own E (what "lsh_expectation" computes), and "exact".
+BACKWARDS = ("lsh", "lsh_expectation", "exact")
+EXPECTATION_BACKWARDS = ("lsh", "exact")
 # F.normalize's epsilon: rows with a smaller norm are divided by it instead.
 _NORM_EPS = 1e-12
-# Query rows × keys of the exact backward's temporaries per block (2^20 floats, 4 MB).
+# Query rows × keys of the O(n²) backwards' temporaries per block (2^20 floats, 4 MB).
 _EXACT_BLOCK = 1 << 20
 # Tokens of one work item (several batch×heads when sequences are short): a batch×head of 4096 tokens at
 # head_dim 64 is about the most whose q, k, v and bookkeeping stay in a core's L2 cache.
@@ -64,21 +72,36 @@ def exact_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hash_code_l
     return out
 
 
-def exact_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, hash_code_len: int
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact gradients of E·V for one batch×head (n, d) tensors, E the collision probability of unit q, k:
-    O(n²) time, processed in blocks of query rows so that memory stays linear in n."""
+def expectation_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, hash_code_len: int,
+                      rule: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of E·V for one batch×head's (n, d) tensors, E the collision probability of unit q, k, with
+    dE/dx (x = q̂·k̂) taken as `rule` says: "exact", its derivative; "lsh", the paper's (τ/2)·E, which is what
+    the LSH estimate from collisions estimates. ∇V = Eᵀ·g either way. O(n²) time, processed in blocks of query
+    rows so that memory stays linear in n."""
+    if rule not in EXPECTATION_BACKWARDS:
+        raise ValueError(f"rule must be one of {', '.join(EXPECTATION_BACKWARDS)}; got {rule!r}")
     n = q.shape[0]
     rows = max(1, _EXACT_BLOCK // max(1, k.shape[0]))
     gq, gk, gv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
     for i0 in range(0, n, rows):
         sl = slice(i0, i0 + rows)
-        prob, slope = collision_prob_and_grad((q[sl] @ k.t()).clamp_(-1.0, 1.0), hash_code_len)
+        x = (q[sl] @ k.t()).clamp_(-1.0, 1.0)
+        if rule == "exact":
+            prob, slope = collision_prob_and_grad(x, hash_code_len)
+        else:
+            prob = collision_prob(x, hash_code_len)
+            slope = prob * (hash_code_len / 2.0)
         a = (grad[sl] @ v.t()).mul_(slope)
         gq[sl] = a @ k
         gk.addmm_(a.t(), q[sl])
         gv.addmm_(prob.t(), grad[sl])
     return gq, gk, gv
+
+
+def exact_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, hash_code_len: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact gradients of E·V for one batch×head's (n, d) tensors (`expectation_grads` with rule "exact")."""
+    return expectation_grads(q, k, v, grad, hash_code_len, "exact")
 
 
 def _normalized(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,21 +157,29 @@ def _packed_codes(family: HashFamily, x: torch.Tensor, g0: int, pad: torch.Tenso
 class LSHAttention(torch.autograd.Function):
     """normalise(Σ_h Σ_j [h(q̂_i) = h(k̂_j)]·v_j / m) on (batch, heads, n, d) q, k, v.
 
-    apply(q, k, v, hash_code_len, num_hash, generator, exact_backward, hashing, real, normalize,
-          backward_hashes, expectation): `backward_hashes` (None: all m) is how many of the hashes the LSH
-    backward uses; `expectation` computes YOSO-E instead, E·V with E itself (`exact_forward`, no hashing) and
-    the exact backward, with the same normalisations, padding and workers.
+    apply(q, k, v, hash_code_len, num_hash, generator, backward, hashing, real, normalize,
+          backward_hashes, expectation): `backward` one of `BACKWARDS` (see the module's docstring);
+    `backward_hashes` (None: all m) is how many of the hashes the LSH backward uses; `expectation` computes
+    YOSO-E instead, E·V with E itself (`exact_forward`, no hashing), with the same normalisations, padding
+    and workers, and `backward` one of `EXPECTATION_BACKWARDS` ("lsh": the τ/2 rule on E).
     `real` (batch, n) bool or None marks real tokens; padding rows are zeroed (masked, so even NaN there
     cannot leak), get the void code (they collide with nothing), and have zero output and gradients.
     Work items are packs of batch×heads (`packs_of`) run on the worker threads of `group_pool`.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, hash_code_len: int, num_hash: int, generator, exact_backward: bool,
+    def forward(ctx, q, k, v, hash_code_len: int, num_hash: int, generator, backward: str = "lsh",
                 hashing: str = "simhash", real: torch.Tensor | None = None, normalize: bool = True,
                 backward_hashes: int | None = None, expectation: bool = False):
         b, h, n, d = q.shape
-        exact_backward = exact_backward or expectation
+        valid = EXPECTATION_BACKWARDS if expectation else BACKWARDS
+        if backward not in valid:
+            raise ValueError(f"backward must be one of {', '.join(valid)}; got {backward!r}")
+        # The rule applied over E in O(n²) ("lsh" or "exact"), or None: the LSH estimate from the collisions.
+        if expectation or backward != "lsh":
+            expected_rule = "lsh" if backward == "lsh_expectation" else backward
+        else:
+            expected_rule = None
         used = num_hash if backward_hashes is None else backward_hashes  # hashes the LSH backward reads
         groups, dv = b * h, v.shape[-1]
         qf, kf, vf = (t.reshape(groups, n, t.shape[-1]) for t in (q, k, v))
@@ -162,7 +193,7 @@ class LSHAttention(torch.autograd.Function):
         packs = packs_of(groups, n)
         # The colliding pairs' bookkeeping (O(n·m) integers per batch×head) is kept for the LSH backward,
         # which would otherwise hash and sort again; as saved tensors, so autograd frees it after backward.
-        keep_pairs = not exact_backward and any(ctx.needs_input_grad[:3])
+        keep_pairs = expected_rule is None and any(ctx.needs_input_grad[:3])
         empty = torch.empty(0, dtype=torch.int32)
         # per pack: keys per (query, hash), where they begin in the keys' bucket order, that order (int32
         # halves it: positions are < m·n; the backward widens counts and starts again), the enumerated pairs
@@ -223,13 +254,13 @@ class LSHAttention(torch.autograd.Function):
 
         map_groups(run, len(packs))
         ctx.save_for_backward(q_unit, k_unit, values, out, norms, real, *(t for item in kept for t in item))
-        ctx.config = (h, hash_code_len, used, exact_backward, normalize, packs)
+        ctx.config = (h, hash_code_len, used, expected_rule, normalize, packs)
         return out.view(b, h, n, dv)
 
     @staticmethod
     def backward(ctx, grad):
         q_unit, k_unit, values, out, norms, real, *flat = ctx.saved_tensors
-        h, tau, num_hash, exact, normalize, packs = ctx.config  # num_hash: the hashes this backward reads
+        h, tau, num_hash, expected_rule, normalize, packs = ctx.config  # num_hash: the hashes this backward reads
         groups, n, _ = q_unit.shape
         grad = grad.reshape(groups, n, -1)
         gq, gk, gv = torch.empty_like(q_unit), torch.empty_like(k_unit), torch.empty_like(values)
@@ -245,8 +276,8 @@ class LSHAttention(torch.autograd.Function):
             if normalize:
                 go = normalize_backward(out[rows], norms[2, rows], go)
             qg, kg, vg = q_unit[rows], k_unit[rows], values[rows]
-            if exact:
-                parts = [exact_grads(qg[j], kg[j], vg[j], go[j], tau) for j in range(P)]
+            if expected_rule is not None:
+                parts = [expectation_grads(qg[j], kg[j], vg[j], go[j], tau, expected_rule) for j in range(P)]
                 gq_g, gk_g, gv_g = (torch.stack(t) for t in zip(*parts))
             elif n <= _DENSE_MAX_TOKENS:  # the dense counts of the hashes read: pairs weighted by g·v
                 counts = flat[4 * i]

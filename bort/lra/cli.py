@@ -7,6 +7,7 @@
     bort lra retrieval --data lra_release/tsv_data --attention bigbird   # new_aan_pairs.*.tsv, dual encoder
     bort lra image --data digits --max-steps 300   # scikit-learn's 8x8 digits offline; or cifar-10-batches-py/
     bort lra generate-pathfinder pf32 --count 2000 && bort lra pathfinder32 --data pf32 --attention yoso
+    bort lra listops --data lra_release/listops-1000 --recipe paper --attention yoso-v2-16   # the YOSO paper's
 
 Unset schedule flags take the task's preset (`bort.lra.tasks`; ListOps: batch 32, lr 1e-4, 5,000 steps with
 1,000 warmup, dev evaluation every 50 steps).
@@ -25,7 +26,7 @@ from . import listops_gen
 from .listops_gen import add_generate_args, run_generate
 from . import pathfinder_gen
 from .runner import LRASettings, run_lra
-from .tasks import TASKS
+from .tasks import PAPER_ATTENTION, RECIPES, TASKS
 
 
 def _json_object(flag: str, text: str | None) -> dict[str, Any] | None:
@@ -65,7 +66,12 @@ def _add_train_args(parser: argparse.ArgumentParser, task: str = "listops") -> N
     a = parser.add_argument
     a("--data", required=True, help=f"the {task} data: {TASKS[task].data_help}")
     a("--attention", default=s.attention, help="attention mechanism by registry name (dense, yoso, yoso_e, bigbird, "
-                                               "longformer, dam_s, …)")
+                                               "longformer, dam_s, …) or one of the YOSO paper's LRA "
+                                               f"configurations ({', '.join(PAPER_ATTENTION)})")
+    a("--recipe", default=s.recipe, choices=list(RECIPES),
+      help="bort: ours (linear warmup/decay, β1 0.9, mean over real tokens); paper: the YOSO paper's LRA code "
+           "(OneCycleLR with β1 cycling, FFN dropout, mean over the padded length, power-of-two position "
+           "table, its YOSO settings)")
     a("--attention-params", dest="attention_params", default=None,
       help="JSON object of the mechanism's parameters (default: the task's, e.g. YOSO hash_code_len 11 on listops)")
     a("--model-config", dest="model_overrides", default=None,
@@ -102,7 +108,7 @@ def _add_train_args(parser: argparse.ArgumentParser, task: str = "listops") -> N
 
 def settings_from_args(args: argparse.Namespace) -> LRASettings:
     return LRASettings(
-        task=args.task, data=args.data, output_dir=args.output_dir, attention=args.attention,
+        task=args.task, data=args.data, output_dir=args.output_dir, attention=args.attention, recipe=args.recipe,
         attention_params=_json_object("--attention-params", args.attention_params),
         model_overrides=_json_object("--model-config", args.model_overrides) or {},
         max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,

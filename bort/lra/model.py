@@ -9,6 +9,11 @@ reference implementations, on purpose:
   length-bucketed batches it must not);
 - no dropout between the two FFN projections (BERT's layer, which our encoder is).
 
+Both are options for reproducing the original (the "paper" recipe, `tasks.RECIPES`): `pooling="mean_padded"`
+sums the real tokens and divides by the position table's rows, the fixed length every original input is
+zero-padded to (ListOps: 2000 symbols + 48 zeros = 2048), so the pooled vector equals the original's whatever
+the batch width; `ffn_dropout` > 0 inserts that dropout after the FFN activation.
+
 Initialisation follows the reference code, not BERT (`LRAClassifier.init_linear`): embeddings N(0, 0.02),
 every Linear PyTorch's default (uniform ±1/√fan_in, ~3.6× BERT's 0.02 at width 64). It matters at LRA's
 lengths: with BERT's 0.02 the attention logits start ~13× smaller, attention stays uniform and the model sits
@@ -21,7 +26,7 @@ Retrieval, a pair task, uses `LRADualClassifier`: the same encoder embeds both d
 [u, v, u∗v, u−v] classifies the pair.
 
 A saved model is a directory with `model.safetensors` and `lra_config.json` (the encoder's BortConfig,
-task, pooling, architecture "single" or "dual", and vocabulary), written atomically.
+task, pooling, FFN dropout, architecture "single" or "dual", and vocabulary), written atomically.
 """
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ from .tasks import LRATask
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "lra_config.json"
 FORMAT_KEY = "bort_lra_format_version"
-POOLINGS = ("mean",)
+POOLINGS = ("mean", "mean_padded")
 
 # The LRA encoder shape (all tasks).
 LRA_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
@@ -106,16 +111,50 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torc
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
-class LRAClassifier(BortPreTrainedModel):
-    """Sequence classifier for the LRA tasks over `BortEncoder` (pre-LN by the LRA config)."""
+def mean_pool_padded(hidden: torch.Tensor, attention_mask: torch.Tensor | None, length: int) -> torch.Tensor:
+    """The original LRA code's pooling: the real tokens of `hidden` (batch, seq, dim) summed (padding zeroed,
+    as its encoder multiplies the output by the mask) and divided by `length`, the fixed length it pads every
+    input to, padding included."""
+    if attention_mask is not None:
+        hidden = hidden * attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return hidden.sum(dim=1) / length
 
-    def __init__(self, config: BortConfig, pooling: str = "mean") -> None:
+
+class ActivationDropout(nn.Module):
+    """An FFN activation followed by dropout: the original LRA block's Linear → GELU → Dropout → Linear."""
+
+    def __init__(self, activation: Any, p: float) -> None:
+        super().__init__()
+        self.activation = activation
+        self.dropout = nn.Dropout(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.activation(x))
+
+
+class LRAClassifier(BortPreTrainedModel):
+    """Sequence classifier for the LRA tasks over `BortEncoder` (pre-LN by the LRA config).
+
+    `pooling`: "mean" (over the real tokens) or "mean_padded" (the original's, see `mean_pool_padded`);
+    `ffn_dropout`: the probability of a dropout between the two FFN projections of every layer (0: none, our
+    default; the original uses its hidden dropout, 0.1)."""
+
+    def __init__(self, config: BortConfig, pooling: str = "mean", ffn_dropout: float = 0.0) -> None:
         super().__init__(config)
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
+        if isinstance(ffn_dropout, bool) or not isinstance(ffn_dropout, (int, float)) or \
+                not 0.0 <= ffn_dropout < 1.0:
+            raise ValueError(f"ffn_dropout must be a probability in [0, 1), got {ffn_dropout!r}")
         self.pooling = pooling
+        self.ffn_dropout = float(ffn_dropout)
         self.embeddings = LRAEmbeddings(config)
         self.encoder = BortEncoder(config)
+        if self.ffn_dropout:
+            # The encoder layer applies `intermediate.act` between its two FFN projections; wrapping it adds
+            # the dropout without changing any parameter name.
+            for layer in self.encoder.layer:
+                layer.intermediate.act = ActivationDropout(layer.intermediate.act, self.ffn_dropout)
         self.classifier = LRAHead(config)
         self.init_weights()
 
@@ -140,6 +179,8 @@ class LRAClassifier(BortPreTrainedModel):
             x, _ = layer(x, key_padding)
         if self.encoder.final_layer_norm is not None:
             x = self.encoder.final_layer_norm(x)
+        if self.pooling == "mean_padded":
+            return x, mean_pool_padded(x, key_padding, self.config.max_position_embeddings)
         return x, mean_pool(x, key_padding)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -172,8 +213,8 @@ class LRADualClassifier(LRAClassifier):
     """Pair classifier for LRA Retrieval: one shared encoder embeds both documents (mean pooling), the
     `LRADualHead` combines them. Parameter names are `LRAClassifier`'s (embeddings, encoder, classifier)."""
 
-    def __init__(self, config: BortConfig, pooling: str = "mean") -> None:
-        super().__init__(config, pooling)
+    def __init__(self, config: BortConfig, pooling: str = "mean", ffn_dropout: float = 0.0) -> None:
+        super().__init__(config, pooling, ffn_dropout)
         self.classifier = LRADualHead(config)
         self.init_weights(self.classifier)
 
@@ -217,7 +258,8 @@ def save_lra_model(model: LRAClassifier, directory: str | os.PathLike, task: str
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "bort_task": f"lra-{task}"})
-    values = {FORMAT_KEY: 1, "task": task, "pooling": model.pooling, "encoder": model.config.to_dict(),
+    values = {FORMAT_KEY: 1, "task": task, "pooling": model.pooling, "ffn_dropout": model.ffn_dropout,
+              "encoder": model.config.to_dict(),
               "architecture": architecture_of(model), "vocab": list(vocab) if vocab is not None else None}
     atomic_write_text(directory / CONFIG_NAME, json.dumps(values, indent=2, sort_keys=True) + "\n")
     return directory
@@ -241,7 +283,12 @@ def load_lra_model(directory: str | os.PathLike) -> tuple[LRAClassifier, dict[st
     if architecture not in ARCHITECTURES:
         raise CheckpointError(f"{config_path}: unknown architecture {architecture!r}; valid: "
                               f"{', '.join(ARCHITECTURES)}")
-    model = ARCHITECTURES[architecture](config, pooling=values.get("pooling", "mean"))
+    # Files written before these options existed: our defaults. A bad value is the file's fault: named.
+    pooling, ffn_dropout = values.get("pooling", "mean"), values.get("ffn_dropout", 0.0)
+    try:
+        model = ARCHITECTURES[architecture](config, pooling=pooling, ffn_dropout=ffn_dropout)
+    except ValueError as err:
+        raise CheckpointError(f"{config_path}: {err}") from None
     state = read_safetensors(directory / WEIGHTS_NAME)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

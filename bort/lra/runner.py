@@ -4,7 +4,9 @@
     summary = run_lra(settings)        # best-dev checkpoint → test accuracy, results.json, curves.png
 
 The loop: length-bucketed batches (`batching`), AdamW, linear warmup then linear decay (the task's preset,
-`tasks.TASKS`), dev accuracy every `eval_interval` steps, the best dev checkpoint kept in `<out>/best`, a
+`tasks.TASKS`; `recipe="paper"` trains as the YOSO paper's LRA code does: `OneCycleLR` with β1 cycling, FFN
+dropout, padded mean pooling, a power-of-two position table, its attention settings), dev accuracy every
+`eval_interval` steps, the best dev checkpoint kept in `<out>/best`, a
 resumable checkpoint in `<out>/checkpoints/step-N` at every evaluation, JSON-lines metrics. At the end the
 best checkpoint is reloaded from disk and scored on the test split.
 
@@ -35,13 +37,13 @@ from ..checkpoint.errors import CheckpointError
 from ..train.checkpointing import latest_checkpoint, load_trainer_state, write_checkpoint
 from ..train.metrics import JsonlLogger, plot_loss_and_dev, read_jsonl
 from ..train.optim import build_optimizer
-from ..train.resume import check_resume_settings, restore_optimizer_and_schedule
+from ..train.resume import check_resume_settings
 from ..train.run_dir import claim_output_dir
-from ..train.schedule import build_schedule
 from . import batching
 from .data import EncodedSplit, LRASplits, load_splits
 from .model import LRAClassifier, LRADualClassifier, lra_config, load_lra_model, save_lra_model
-from .tasks import LRATask, get_task
+from .schedule import build_lra_schedule, restore_lra_schedule
+from .tasks import PAPER_ATTENTION, LRATask, get_recipe, get_task, position_rows, resolve_attention
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +62,15 @@ _STATE_TYPES = {"step": int, "epoch": int, "cursor": int, "rng_state": torch.Ten
 class LRASettings:
     """One LRA run. Fields left None take the task's preset (`tasks.TASKS[task].train`); a shorter or longer
     run (`max_steps`) keeps the preset's warmup fraction. `attention_params` None takes the task's defaults for
-    that mechanism. `output_dir` None writes nothing (the best weights are then kept in memory)."""
+    that mechanism. `output_dir` None writes nothing (the best weights are then kept in memory). `recipe`:
+    "bort" (ours) or "paper" (the YOSO paper's LRA code; `tasks.RECIPES`); `attention` also takes the
+    paper's configuration names (`tasks.PAPER_ATTENTION`, e.g. "yoso-v2-16")."""
 
     task: str = "listops"
     data: str = ""
     output_dir: str | None = "lra_output"
     attention: str = "dense"
+    recipe: str = "bort"
     attention_params: dict[str, Any] | None = None
     model_overrides: dict[str, Any] = field(default_factory=dict)
     max_steps: int | None = None
@@ -93,15 +98,19 @@ class LRASettings:
     def resolved(self, task: LRATask) -> dict[str, Any]:
         """Every setting with the preset's values filled in (what results.json records)."""
         preset = task.train
+        recipe = get_recipe(self.recipe)
+        mechanism, default_params = resolve_attention(task, self.attention, recipe)
         values = dataclasses.asdict(self)
         values.update(
+            attention=mechanism,
+            attention_preset=self.attention if self.attention in PAPER_ATTENTION else None,
             max_steps=self.max_steps or preset.total_steps,
             batch_size=self.batch_size or preset.batch_size,
             lr=self.lr if self.lr is not None else preset.lr,
             weight_decay=self.weight_decay if self.weight_decay is not None else preset.weight_decay,
             warmup_ratio=self.warmup_ratio if self.warmup_ratio is not None else preset.warmup_ratio,
             eval_interval=self.eval_interval or preset.eval_interval,
-            attention_params=(dict(task.attention_defaults.get(self.attention, {})) if self.attention_params is None
+            attention_params=(dict(default_params or {}) if self.attention_params is None
                               else dict(self.attention_params)),
         )
         for name in ("max_steps", "batch_size", "eval_interval", "pad_multiple", "bucket_pool", "eval_batch_size",
@@ -165,23 +174,32 @@ class LRATrainer:
             split_seed=settings.split_seed, skip_bad_rows=settings.skip_bad_rows)
         self.out = Path(settings.output_dir) if settings.output_dir else None
         self.total = self.values["max_steps"]
-        self.multiple = pad_multiple_for(settings.attention, self.values["attention_params"], settings.pad_multiple)
+        self.recipe = get_recipe(settings.recipe)
+        self.mechanism = self.values["attention"]  # a paper configuration name resolved to its mechanism
+        self.multiple = pad_multiple_for(self.mechanism, self.values["attention_params"], settings.pad_multiple)
         torch.manual_seed(settings.seed)  # the initial weights
         overrides = dict(settings.model_overrides)
         if self.splits.num_classes is not None:  # the data decides (a multiclass text file); --model-config wins
             overrides.setdefault("num_labels", self.splits.num_classes)
-        config = lra_config(self.task, len(self.splits.vocab), settings.attention, self.values["attention_params"],
+        overrides.setdefault("max_position_embeddings", position_rows(self.task.max_length, self.recipe))
+        config = lra_config(self.task, len(self.splits.vocab), self.mechanism, self.values["attention_params"],
                             pad_token_id=self.splits.pad_id, **overrides)
         # Pair data (Retrieval) gets the dual encoder: one shared encoder for both documents.
         dual = self.splits.train.pair_ids is not None
-        self.model = LRADualClassifier(config) if dual else LRAClassifier(config)
+        self.model = (LRADualClassifier if dual else LRAClassifier)(
+            config, pooling=self.recipe.pooling,
+            ffn_dropout=config.hidden_dropout_prob if self.recipe.ffn_dropout else 0.0)
         self.optimizer = build_optimizer(self.model, "adamw", lr=self.values["lr"],
                                          weight_decay=self.values["weight_decay"])
-        self.schedule = build_schedule(self.optimizer, self.total, warmup_ratio=self.values["warmup_ratio"])
+        self.schedule = build_lra_schedule(self.optimizer, self.recipe.schedule, self.total,
+                                           self.values["warmup_ratio"], self.values["lr"])
         self.penalty = None
         if settings.dam_lambda:
-            from ..attention.dam import mask_penalty
+            from ..attention.dam import dam_masks, mask_penalty
 
+            if not dam_masks(self.model):  # else λ would silently multiply nothing
+                raise ValueError(f"dam_lambda {settings.dam_lambda} needs attention dam_s or dam_u (a mask to "
+                                 f"learn), not {settings.attention!r}")
             self.penalty = mask_penalty
         self.rng_state = torch.get_rng_state()  # this run's RNG (dropout, DAM samples, YOSO hashes)
         self.step, self.epoch, self.cursor = 0, 0, 0
@@ -238,6 +256,9 @@ class LRATrainer:
                                   f"{tuple(rng.shape)}")
         now = {k: v for k, v in self.values.items() if k not in _RESUME_FREE}
         before = dict(state["settings"])
+        # Checkpoints written before recipes existed trained ours, under a registry name.
+        before.setdefault("recipe", "bort")
+        before.setdefault("attention_preset", None)
         if "data_sha256" in state:
             if state["data_sha256"] != self.splits.digest:
                 raise CheckpointError(
@@ -253,8 +274,8 @@ class LRATrainer:
         except RuntimeError as err:
             raise CheckpointError(f"{found}: the model does not fit this run's ({err})") from None
         self.model.train()
-        restore_optimizer_and_schedule(found / "trainer.pt", self.optimizer, self.schedule, state["optimizer"],
-                                       state["schedule"], state["step"], changed)
+        restore_lra_schedule(found / "trainer.pt", self.optimizer, self.schedule, state["optimizer"],
+                             state["schedule"], state["step"], changed)
         if changed:
             logger.warning("resuming %s with changed settings (allowed): %s", found,
                            ", ".join(f"{k} {before.get(k)!r} → {now.get(k)!r}" for k in changed))
@@ -296,11 +317,12 @@ class LRATrainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_norm)
         self.optimizer.step()
         lr = self.schedule.get_last_lr()[0]  # the rate this step used (step() below sets the next one's)
+        beta1 = self.optimizer.param_groups[0]["betas"][0]  # cycled by the paper recipe's schedule
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.step_seconds.append(time.perf_counter() - start)
-        record = {"event": "train", "step": self.step, "loss": loss.item(), "lr": lr,
+        record = {"event": "train", "step": self.step, "loss": loss.item(), "lr": lr, "beta1": beta1,
                   "width": ids.shape[1], "accuracy": float((out.logits.argmax(-1) == labels).float().mean())}
         if extra is not None:
             record["penalty"] = float(extra.detach())
@@ -368,7 +390,7 @@ class LRATrainer:
         if self.out is not None and (self.out / "best").is_dir():
             model, _ = load_lra_model(self.out / "best")
             return model
-        model = type(self.model)(self.model.config)
+        model = type(self.model)(self.model.config, pooling=self.model.pooling, ffn_dropout=self.model.ffn_dropout)
         model.load_state_dict(self.best_state if self.best_state is not None else self.model.state_dict())
         return model.eval()
 
@@ -390,7 +412,7 @@ class LRATrainer:
         dev = evaluate_split(best, self.splits.dev, pad, size, self.multiple, seed)
         label, majority = majority_class(self.splits.train, self.splits.test)
         summary = {
-            "task": self.task.name, "attention": self.settings.attention,
+            "task": self.task.name, "attention": self.settings.attention, "recipe": self.recipe.name,
             "attention_params": self.values["attention_params"], "steps": self.step, "best_step": self.best_step,
             "test_accuracy": test["accuracy"], "test_loss": test["loss"], "dev_accuracy": dev["accuracy"],
             "majority_class": label, "majority_accuracy": majority,

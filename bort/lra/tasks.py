@@ -5,9 +5,24 @@ differs in input length, class count and schedule. The schedules are those of th
 (its repository's `LRA/models/*/config.json`): AdamW without weight decay, linear warmup then linear decay.
 Text (`text.py`) and Retrieval (`retrieval.py`) read UTF-8 bytes; entries without a reader fix their presets
 so that adding a reader is the only step left.
+
+Two recipes train these presets (`RECIPES`, `bort lra --recipe`):
+
+- "bort" (the default, this project's): linear warmup from ~0 then linear decay, Adam β1 fixed at 0.9, mean
+  pooling over the real tokens only, no dropout between the FFN projections, a position table of the task's
+  length;
+- "paper" (the YOSO paper's LRA code): PyTorch's `OneCycleLR` over the same peak rate, warmup fraction and
+  steps (lr starts at peak/25 — 4e-6 for ListOps — peaks at the end of warmup, decays linearly to peak/25e4;
+  Adam's β1 cycles 0.95 → 0.85 at the peak → 0.95), dropout between the two FFN Linear layers, mean pooling
+  that divides by every position of the original's fixed padded length (its position table), a position
+  table rounded up to a power of two (2,048 rows for ListOps), and the original's attention settings per
+  task (`PAPER_ATTENTION`: `yoso-v1-32`, `yoso-v2-16`, `yoso-e`). Both evaluate on the whole dev and test
+  splits (the original's dev pass reads `num_eval_steps` full batches, its test pass drops the last partial
+  batch).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +65,62 @@ def _yoso(tau: int) -> dict[str, dict[str, Any]]:
     return {"yoso": params, "yoso_e": {"hash_code_len": tau}}
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How a task's preset is trained and what the model around the encoder looks like (module docstring).
+
+    `schedule`: "linear" (`bort.train.schedule`, β1 fixed) or "one_cycle" (`torch.optim.lr_scheduler.OneCycleLR`
+    with its defaults, which also cycles Adam's β1 between 0.95 and 0.85); `pooling`: an `LRAClassifier`
+    pooling; `ffn_dropout`: dropout between the FFN projections (the hidden dropout's probability) or not;
+    `pow2_positions`: the position table rounded up to a power of two; `paper_attention`: registry names
+    (dense, yoso, yoso_e) take the `PAPER_ATTENTION` settings."""
+
+    name: str
+    schedule: str
+    pooling: str
+    ffn_dropout: bool
+    pow2_positions: bool
+    paper_attention: bool
+
+
+RECIPES: dict[str, Recipe] = {
+    "bort": Recipe("bort", "linear", "mean", False, False, False),
+    "paper": Recipe("paper", "one_cycle", "mean_padded", True, True, True),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called `name`; an unknown name lists the valid ones."""
+    recipe = RECIPES.get(name) if isinstance(name, str) else None
+    if recipe is None:
+        raise ValueError(f"unknown LRA recipe {name!r}; valid: {', '.join(RECIPES)}")
+    return recipe
+
+
+def position_rows(max_length: int, recipe: Recipe) -> int:
+    """Rows of the position table: the task's length, or (paper recipe) the next power of two, as the original
+    sizes it (2000 → 2048, 4000 → 4096, 1024 → 1024)."""
+    return 2 ** math.ceil(math.log2(max_length)) if recipe.pow2_positions else max_length
+
+
+# The YOSO paper's LRA attention configurations, by the names of its `LRA/models/<name>/config.json`: name →
+# (registered mechanism, parameters for a task's hash length τ). τ per task is the one in `TASKS` (ListOps
+# 11, Text and Retrieval 12, Image and Pathfinder 10).
+# - yoso-v1-32: 32 hashes of the original's fast Hadamard hash (`use_fast_hash: true`), the LSH backward
+#   (`n2_backward: false`);
+# - yoso-v2-16: 16 fast Hadamard hashes. Its original backward sums the exact derivative of the kernel over
+#   the colliding pairs only; `yoso` has no backward of that kind, so this runs the nearest one it has, the
+#   LSH backward over the same collisions (τ/2 rule) — a known deviation;
+# - yoso-e: the expectation, with the paper's τ/2 backward.
+PAPER_ATTENTION: dict[str, tuple[str, dict[str, Any]]] = {
+    "yoso-v1-32": ("yoso", {"num_hash": 32, "hashing": "fast_hadamard", "backward": "lsh"}),
+    "yoso-v2-16": ("yoso", {"num_hash": 16, "hashing": "fast_hadamard", "backward": "lsh"}),
+    "yoso-e": ("yoso_e", {"backward": "lsh"}),
+}
+# A registry name under the paper recipe takes this configuration.
+_PAPER_DEFAULT = {"yoso": "yoso-v1-32", "yoso_e": "yoso-e"}
+
+
 TASKS: dict[str, LRATask] = {
     "listops": LRATask(
         "listops", 10, 2000, TrainPreset(32, 1e-4, 1000, 5000, 0.0, 50), _yoso(11), implemented=True,
@@ -78,6 +149,21 @@ TASKS: dict[str, LRATask] = {
                   "e.g. lra_release/pathfinder32/curv_contour_length_14), or a directory holding pathfinder32/ or "
                   "curv_contour_length_14/ (written by `bort lra generate-pathfinder`)"),
 }
+
+
+def resolve_attention(task: LRATask, attention: str, recipe: Recipe
+                      ) -> tuple[str, dict[str, Any] | None]:
+    """(registered mechanism, default parameters or None) for `attention` on `task`: a `PAPER_ATTENTION` name
+    under any recipe; a registry name takes the paper's settings under the paper recipe, else the task's
+    `attention_defaults` (None: the mechanism's own defaults)."""
+    label = attention if attention in PAPER_ATTENTION else (
+        _PAPER_DEFAULT.get(attention) if recipe.paper_attention else None)
+    if label is not None:
+        mechanism, extra = PAPER_ATTENTION[label]
+        tau = task.attention_defaults.get(mechanism, {}).get("hash_code_len")
+        return mechanism, ({"hash_code_len": tau} if tau is not None else {}) | extra
+    params = task.attention_defaults.get(attention)
+    return attention, dict(params) if params is not None else None
 
 
 def get_task(name: str) -> LRATask:
