@@ -641,12 +641,54 @@ def test_backward_option_is_read_from_attention_params_and_bad_values_list_the_v
     assert build("yoso", {"backward": "lsh_expectation"}).backward == "lsh_expectation"
     with pytest.raises(ValueError, match="backward must be one of lsh, exact; got 'lsh_expectation'"):
         build("yoso_e", {"backward": "lsh_expectation"})  # YOSO-E's "lsh" already is the rule on E
-    with pytest.raises(ValueError, match="backward must be one of lsh, lsh_expectation, exact; got 'n2'"):
+    valid = "lsh, lsh_expectation, exact, exact_colliding"
+    with pytest.raises(ValueError, match=f"backward must be one of {valid}; got 'n2'"):
         build("yoso", {"backward": "n2"})
     with pytest.raises(ValueError, match="exact_backward=True asks for backward 'exact' but backward is 'lsh'"):
         build("yoso", {"backward": "lsh", "exact_backward": True})
     q, k, v = _qkv(n=5, dtype=torch.float32)
     with pytest.raises(ValueError, match="backward must be one of lsh, exact; got 'paper'"):
         yoso_e(q, k, v, backward="paper")
-    with pytest.raises(ValueError, match="backward must be one of lsh, lsh_expectation, exact; got None"):
+    with pytest.raises(ValueError, match=f"backward must be one of {valid}; got None"):
         LSHAttention.apply(q, k, v, 3, 2, None, None, "simhash", None, True)
+
+
+@pytest.mark.parametrize("n", [20, 50])  # the dense-counts path (n ≤ 32) and the buckets path
+def test_exact_colliding_backward_is_yoso_v2s(n, lsh_path):
+    """backward="exact_colliding" against YOSO v2's backward written out from its description, with padding:
+    S = pairs colliding in at least one hash (each once), ∇q̂_i = Σ_{j∈S_i} (g_i·v_j)·E′(0.99·q̂_i·k̂_j)·k̂_j with
+    E′(c) = τ(1 − arccos(c)/π)^(τ−1)/(π√(1 − c²)), ∇k̂ likewise, ∇V = (C/m)ᵀ·g; the forward is the default's."""
+    from bort.attention.hashing import HashFamily
+
+    b, h, d, tau, m = 2, 2, 8, 4, 6
+    for hashing in ("simhash", "fast_hadamard"):
+        gen = torch.Generator().manual_seed(3)
+        q, k = (F.normalize(torch.randn(b, h, n, d, generator=gen, dtype=torch.float64), dim=-1) for _ in range(2))
+        v, g = (torch.randn(b, h, n, d, generator=gen, dtype=torch.float64) for _ in range(2))
+        real = _mask(b=b, n=n, lengths=(n, n - 7))
+        q, k, v = q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+        out = LSHAttention.apply(q, k, v, tau, m, torch.Generator().manual_seed(9), "exact_colliding", hashing, real,
+                                 False)
+        grads = torch.autograd.grad(out, (q, k, v), g)
+        default = LSHAttention.apply(q, k, v, tau, m, torch.Generator().manual_seed(9), "lsh", hashing, real, False)
+        torch.testing.assert_close(out, default, rtol=0, atol=0)
+        family = HashFamily(hashing, b * h, d, m, tau, torch.Generator().manual_seed(9), torch.float64)
+        for group in range(b * h):
+            bi, hi = divmod(group, h)
+            r = real[bi]
+            qq, kk = q[bi, hi].detach(), k[bi, hi].detach()
+            counts = _dense_collisions(family.codes(qq, group), family.codes(kk, group), tau)
+            counts = counts * (r[:, None] & r[None, :])
+            c = 0.99 * (qq @ kk.t())
+            slope = tau * (1 - torch.acos(c) / math.pi) ** (tau - 1) / (math.pi * torch.sqrt(1 - c * c))
+            vv, gg = v[bi, hi].detach().masked_fill(~r[:, None], 0), g[bi, hi].masked_fill(~r[:, None], 0)
+            a = (gg @ vv.t()) * slope * (counts > 0)
+            expected = (a @ kk, a.t() @ qq, (counts / m).t() @ gg)
+            for got, want in zip((grads[0][bi, hi], grads[1][bi, hi], grads[2][bi, hi]), expected):
+                torch.testing.assert_close(got.masked_fill(~r[:, None], 0), want, rtol=1e-10, atol=1e-12)
+                assert torch.all(got[~r] == 0)
+        # not the rule on all pairs, not the sampled τ/2 estimate
+        exact = torch.autograd.grad(LSHAttention.apply(q, k, v, tau, m, torch.Generator().manual_seed(9), "exact",
+                                                       hashing, real, False), (q, k, v), g)
+        lsh = torch.autograd.grad(default, (q, k, v), g)
+        assert (exact[0] - grads[0]).abs().max() > 1e-3 and (lsh[0] - grads[0]).abs().max() > 1e-3

@@ -504,7 +504,7 @@ def test_paper_attention_configurations_per_task() -> None:
     for name, tau in taus.items():
         task = get_task(name)
         assert resolve_attention(task, "yoso-v2-16", ours) == resolve_attention(task, "yoso-v2-16", paper) == (
-            "yoso", {"hash_code_len": tau, "num_hash": 16, "hashing": "fast_hadamard", "backward": "lsh"})
+            "yoso", {"hash_code_len": tau, "num_hash": 16, "hashing": "fast_hadamard", "backward": "exact_colliding"})
         # A registry name takes the paper's configuration under its recipe only.
         assert resolve_attention(task, "yoso", paper) == (
             "yoso", {"hash_code_len": tau, "num_hash": 32, "hashing": "fast_hadamard", "backward": "lsh"})

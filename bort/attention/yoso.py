@@ -163,11 +163,13 @@ def yoso(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: to
     """Sampled YOSO: normalise(LSH estimate of E·V) with `num_hash` τ-bit SimHashes, linear in n.
 
     q, k, v: (batch, heads, n, head_dim); key_padding_mask: (batch, n), True/1 = real token; `generator`
-    seeds the hash functions; `hashing`: "simhash" (Gaussian hyperplanes) or "hadamard" (structured rotations
-    from the fast Walsh–Hadamard transform; see `bort.attention.hashing`). `backward`: "lsh" (None, the
+    seeds the hash functions; `hashing`: "simhash" (Gaussian hyperplanes), "hadamard" (structured rotations
+    from the fast Walsh–Hadamard transform) or "fast_hadamard" (the paper's fast hash; see
+    `bort.attention.hashing`). `backward`: "lsh" (None, the
     default: the paper's τ/2 rule estimated from the forward's collisions), "lsh_expectation" (the same rule on
-    the expectation E, O(n²): the reference code's `n2_backward`) or "exact" (the exact gradient of YOSO-E,
-    O(n²); `exact_backward=True` says the same); `backward_hashes` b ≤ num_hash makes the LSH backward read only
+    the expectation E, O(n²): the reference code's `n2_backward`), "exact" (the exact gradient of YOSO-E,
+    O(n²); `exact_backward=True` says the same) or "exact_colliding" (YOSO v2's backward: the exact derivative
+    on the pairs that collide in at least one hash, see `yoso_lsh.colliding_grads`; O(m·n²) here); `backward_hashes` b ≤ num_hash makes the LSH backward read only
     b of the hashes (an unbiased estimate of the same gradient, ~num_hash/b times the variance, ~b/num_hash of
     the backward's cost; None: all). Computed on the CPU (tensors on another device are copied
     there and back). Returns (batch, heads, n, head_dim).
@@ -213,9 +215,11 @@ class YosoAttention(nn.Module):
     `config.attention_params`: hash_code_len τ (default 8, suited to BERT-length inputs; the LRA configs use
     11-12 at n ≥ 1000), num_hash m (32), conv_window w (None; an integer adds YOSO-C's depthwise convolution
     over V along the sequence, one kernel per head, after the output normalisation), backward (None: "lsh",
-    the paper's τ/2 rule; also "lsh_expectation", the reference code's `n2_backward`, and "exact" — see
+    the paper's τ/2 rule; also "lsh_expectation", the reference code's `n2_backward`, "exact" and
+    "exact_colliding", YOSO v2's — see
     `yoso`; `yoso_e` takes "lsh" or "exact"), exact_backward (False; True is backward "exact"), hashing
-    ("simhash", Gaussian hyperplanes, or "hadamard", fast Hadamard rotations; see `hashing`),
+    ("simhash", Gaussian hyperplanes, "hadamard", fast Hadamard rotations, or "fast_hadamard", the paper's
+    fast hash; see `hashing`),
     backward_hashes (None: all; b: the LSH backward reads b of the m hashes — see `yoso`).
     `need_weights=True` returns the expected weights E (not probabilities: rows are not normalised).
     """

@@ -18,7 +18,8 @@ gradient (of the m-hash LSH rule, ∇V included) with about m/b times its varian
 The other backward rules (`BACKWARDS`) are O(n²) in time, in query blocks of linear memory, and read no
 hashes: "lsh_expectation" applies the same τ/2 rule to the expectation E itself (∇V = Eᵀ·g,
 ∇q̂_i = (τ/2)·Σ_j E_ij·(g_i·v_j)·k̂_j: the reference implementation's `n2_backward`, and YOSO-E's gradient in
-the paper), "exact" the exact gradient of E·V. `normalize=False` skips the three normalisations (q and k are
+the paper), "exact" the exact gradient of E·V. "exact_colliding" is YOSO v2's rule: the exact derivative on the
+pairs that collide in at least one hash, each once (`colliding_grads`; O(m·n²) here). `normalize=False` skips the three normalisations (q and k are
 then taken as unit vectors): the bare estimate of E·V, which the tests compare with its closed form.
 """
 from __future__ import annotations
@@ -31,13 +32,14 @@ from .group_pool import map_groups
 from .hashing import HashFamily
 from .lsh_buckets import Collisions, build_buckets, collision_sums, gradient_sums
 
-__all__ = ["BACKWARDS", "EXPECTATION_BACKWARDS", "LSHAttention", "exact_forward", "exact_grads", "expectation_grads",
-           "normalize_backward", "packs_of"]
+__all__ = ["BACKWARDS", "EXPECTATION_BACKWARDS", "LSHAttention", "colliding_grads", "exact_forward", "exact_grads",
+           "expectation_grads", "normalize_backward", "packs_of"]
 
 # Backward rules of the sampled YOSO: the τ/2 rule estimated from the forward's collisions, the τ/2 rule on the
-# expectation E (O(n²)), the exact derivative of E·V (O(n²)). YOSO-E (`expectation`) knows "lsh", meaning the τ/2
+# expectation E (O(n²)), the exact derivative of E·V (O(n²)), and YOSO v2's rule ("exact_colliding", see
+# `colliding_grads`). YOSO-E (`expectation`) knows "lsh", meaning the τ/2
 # rule on its own E (what "lsh_expectation" computes), and "exact".
-BACKWARDS = ("lsh", "lsh_expectation", "exact")
+BACKWARDS = ("lsh", "lsh_expectation", "exact", "exact_colliding")
 EXPECTATION_BACKWARDS = ("lsh", "exact")
 # F.normalize's epsilon: rows with a smaller norm are divided by it instead.
 _NORM_EPS = 1e-12
@@ -95,6 +97,35 @@ def expectation_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: t
         gq[sl] = a @ k
         gk.addmm_(a.t(), q[sl])
         gv.addmm_(prob.t(), grad[sl])
+    return gq, gk, gv
+
+
+# YOSO v2 evaluates dE/dx at 0.99·x, keeping 1/√(1 − x²) finite for parallel q and k.
+V2_COSINE_SCALE = 0.99
+
+
+def colliding_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, q_codes: torch.Tensor,
+                    k_codes: torch.Tensor, hash_code_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """YOSO v2's backward for one batch×head's (n, d) unit q, k: the exact derivative on the colliding pairs.
+
+    S = the (query, key) pairs that share a code in at least one of the m hashes (`q_codes`, `k_codes`: (m, n)
+    integer codes; padding rows carry codes that match nothing). Each pair of S counts once, however many hashes
+    it collides in: ∇q̂_i = Σ_{j ∈ S_i} (g_i·v_j)·E′(0.99·q̂_i·k̂_j)·k̂_j, likewise ∇k̂_j over the queries, with
+    E′(c) = τ·(1 − arccos(c)/π)^(τ−1) / (π·√(1 − c²)) taken at 0.99·c without the chain-rule factor 0.99 (as
+    the reference kernels compute it); ∇V is the forward's transposed cumulation, (C/m)ᵀ·g with C the collision
+    counts. The reference's CUDA kernels visit only S; here the collisions are compared out densely, O(m·n²)
+    in blocks of query rows (memory linear in n): an option for reproducing YOSO v2, not a fast path."""
+    n, m = q.shape[0], q_codes.shape[0]
+    rows = max(1, _EXACT_BLOCK // max(1, k.shape[0] * m))
+    gq, gk, gv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    for i0 in range(0, n, rows):
+        sl = slice(i0, i0 + rows)
+        counts = (q_codes[:, sl, None] == k_codes[:, None, :]).sum(0, dtype=q.dtype)  # (rows, n)
+        _, slope = collision_prob_and_grad((q[sl] @ k.t()).mul_(V2_COSINE_SCALE).clamp_(-1.0, 1.0), hash_code_len)
+        a = (grad[sl] @ v.t()).mul_(slope).mul_(counts > 0)
+        gq[sl] = a @ k
+        gk.addmm_(a.t(), q[sl])
+        gv.addmm_(counts.t(), grad[sl], alpha=1.0 / m)
     return gq, gk, gv
 
 
@@ -176,7 +207,8 @@ class LSHAttention(torch.autograd.Function):
         if backward not in valid:
             raise ValueError(f"backward must be one of {', '.join(valid)}; got {backward!r}")
         # The rule applied over E in O(n²) ("lsh" or "exact"), or None: the LSH estimate from the collisions.
-        if expectation or backward != "lsh":
+        colliding = backward == "exact_colliding"
+        if expectation or backward not in ("lsh", "exact_colliding"):
             expected_rule = "lsh" if backward == "lsh_expectation" else backward
         else:
             expected_rule = None
@@ -193,7 +225,8 @@ class LSHAttention(torch.autograd.Function):
         packs = packs_of(groups, n)
         # The colliding pairs' bookkeeping (O(n·m) integers per batch×head) is kept for the LSH backward,
         # which would otherwise hash and sort again; as saved tensors, so autograd frees it after backward.
-        keep_pairs = expected_rule is None and any(ctx.needs_input_grad[:3])
+        keep_pairs = expected_rule is None and not colliding and any(ctx.needs_input_grad[:3])
+        keep_codes = colliding and any(ctx.needs_input_grad[:3])  # YOSO v2's rule compares the codes again
         empty = torch.empty(0, dtype=torch.int32)
         # per pack: keys per (query, hash), where they begin in the keys' bucket order, that order (int32
         # halves it: positions are < m·n; the backward widens counts and starts again), the enumerated pairs
@@ -217,6 +250,12 @@ class LSHAttention(torch.autograd.Function):
             q_unit[rows], k_unit[rows] = qg, kg
             if real is not None:
                 values[rows] = vg
+            if keep_codes:  # (P, m, n); padding rows get codes that match nothing
+                qc, kc = family.codes_many(qg, g0), family.codes_many(kg, g0)
+                if pad is not None:
+                    mask = pad.view(P, 1, n)
+                    qc, kc = qc.masked_fill(mask, -1), kc.masked_fill(mask, -2)
+                kept[i][:2] = [qc, kc]
             if expectation:
                 y = torch.stack([exact_forward(qg[j], kg[j], vg[j], hash_code_len) for j in range(P)])
                 if pad is not None:  # a zero query still has E = 2^−τ with every key: its row is padding
@@ -254,13 +293,13 @@ class LSHAttention(torch.autograd.Function):
 
         map_groups(run, len(packs))
         ctx.save_for_backward(q_unit, k_unit, values, out, norms, real, *(t for item in kept for t in item))
-        ctx.config = (h, hash_code_len, used, expected_rule, normalize, packs)
+        ctx.config = (h, hash_code_len, used, expected_rule, colliding, normalize, packs)
         return out.view(b, h, n, dv)
 
     @staticmethod
     def backward(ctx, grad):
         q_unit, k_unit, values, out, norms, real, *flat = ctx.saved_tensors
-        h, tau, num_hash, expected_rule, normalize, packs = ctx.config  # num_hash: the hashes this backward reads
+        h, tau, num_hash, expected_rule, colliding, normalize, packs = ctx.config  # num_hash: the hashes this backward reads
         groups, n, _ = q_unit.shape
         grad = grad.reshape(groups, n, -1)
         gq, gk, gv = torch.empty_like(q_unit), torch.empty_like(k_unit), torch.empty_like(values)
@@ -278,6 +317,10 @@ class LSHAttention(torch.autograd.Function):
             qg, kg, vg = q_unit[rows], k_unit[rows], values[rows]
             if expected_rule is not None:
                 parts = [expectation_grads(qg[j], kg[j], vg[j], go[j], tau, expected_rule) for j in range(P)]
+                gq_g, gk_g, gv_g = (torch.stack(t) for t in zip(*parts))
+            elif colliding:
+                qc, kc = flat[4 * i], flat[4 * i + 1]
+                parts = [colliding_grads(qg[j], kg[j], vg[j], go[j], qc[j], kc[j], tau) for j in range(P)]
                 gq_g, gk_g, gv_g = (torch.stack(t) for t in zip(*parts))
             elif n <= _DENSE_MAX_TOKENS:  # the dense counts of the hashes read: pairs weighted by g·v
                 counts = flat[4 * i]

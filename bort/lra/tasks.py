@@ -108,13 +108,12 @@ def position_rows(max_length: int, recipe: Recipe) -> int:
 # 11, Text and Retrieval 12, Image and Pathfinder 10).
 # - yoso-v1-32: 32 hashes of the original's fast Hadamard hash (`use_fast_hash: true`), the LSH backward
 #   (`n2_backward: false`);
-# - yoso-v2-16: 16 fast Hadamard hashes. Its original backward sums the exact derivative of the kernel over
-#   the colliding pairs only; `yoso` has no backward of that kind, so this runs the nearest one it has, the
-#   LSH backward over the same collisions (τ/2 rule) — a known deviation;
+# - yoso-v2-16: 16 fast Hadamard hashes, with v2's backward: the exact derivative of the kernel summed over the
+#   colliding pairs only (`backward: exact_colliding`);
 # - yoso-e: the expectation, with the paper's τ/2 backward.
 PAPER_ATTENTION: dict[str, tuple[str, dict[str, Any]]] = {
     "yoso-v1-32": ("yoso", {"num_hash": 32, "hashing": "fast_hadamard", "backward": "lsh"}),
-    "yoso-v2-16": ("yoso", {"num_hash": 16, "hashing": "fast_hadamard", "backward": "lsh"}),
+    "yoso-v2-16": ("yoso", {"num_hash": 16, "hashing": "fast_hadamard", "backward": "exact_colliding"}),
     "yoso-e": ("yoso_e", {"backward": "lsh"}),
 }
 # A registry name under the paper recipe takes this configuration.
