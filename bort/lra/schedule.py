@@ -7,7 +7,6 @@ lr/25e4; with Adam, β1 is cycled the other way (0.95 → 0.85 → 0.95). PyTorc
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
 
 from ..checkpoint.errors import CheckpointError
-from ..train.resume import restore_optimizer_and_schedule
+from ..train.resume import check_rates, restore_optimizer_and_schedule, restore_param_groups
 from ..train.schedule import build_schedule
 
 SCHEDULES = ("linear", "one_cycle")
@@ -59,18 +58,10 @@ def restore_lra_schedule(source: Path, optimizer: torch.optim.Optimizer, schedul
     if step > fresh_schedule["total_steps"]:
         raise CheckpointError(f"{source}: the checkpoint is at step {step}, beyond this run's "
                               f"{fresh_schedule['total_steps']} one-cycle steps")
-    for group, fresh in zip(optimizer.param_groups, fresh_groups):
-        group.update(fresh)
-        for param in group["params"]:
-            for key, value in optimizer.state.get(param, {}).items():
-                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
-                    raise CheckpointError(f"{source}: optimiser state {key!r} has shape {tuple(value.shape)} for a "
-                                          f"parameter of shape {tuple(param.shape)}")
+    restore_param_groups(source, optimizer, fresh_groups)
     schedule.__dict__.update(fresh_schedule)
     schedule._step_count = step + 1  # as after `step` steps (PyTorch warns about step order on the first)
     # One step back, then the schedule's own step: it sets the rate and β1 of step `step` on every group.
     schedule.last_epoch = step - 1
     schedule.step()
-    rates = [group.get("lr") for group in optimizer.param_groups]
-    if not all(isinstance(rate, float) and math.isfinite(rate) for rate in rates):
-        raise CheckpointError(f"{source}: learning rates {rates!r} are not finite numbers")
+    check_rates(source, [group.get("lr") for group in optimizer.param_groups])

@@ -73,13 +73,7 @@ def restore_optimizer_and_schedule(source: str | os.PathLike, optimizer: Any, sc
     except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as err:
         raise CheckpointError(f"{source}: its optimiser/schedule state does not fit this run's model "
                               f"({type(err).__name__}: {err})") from None
-    for group, fresh in zip(optimizer.param_groups, fresh_groups):
-        group.update(fresh)
-        for param in group["params"]:
-            for key, value in optimizer.state.get(param, {}).items():
-                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
-                    raise CheckpointError(f"{source}: optimiser state {key!r} has shape {tuple(value.shape)} for a "
-                                          f"parameter of shape {tuple(param.shape)}")
+    restore_param_groups(source, optimizer, fresh_groups)
     for fn, values in zip(scheduler.lr_lambdas, shape):
         fn.__dict__.clear()
         fn.__dict__.update(values)
@@ -91,6 +85,22 @@ def restore_optimizer_and_schedule(source: str | os.PathLike, optimizer: Any, sc
         for group, base, fn in zip(optimizer.param_groups, base_lrs, scheduler.lr_lambdas):
             group["lr"] = base * fn(scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-    rates = [group.get("lr") for group in optimizer.param_groups] + list(scheduler.get_last_lr())
+    check_rates(source, [group.get("lr") for group in optimizer.param_groups] + list(scheduler.get_last_lr()))
+
+
+def restore_param_groups(source: str | os.PathLike, optimizer: Any, fresh_groups: list[dict[str, Any]]) -> None:
+    """After `optimizer.load_state_dict` from `source`: put back this run's hyper-parameters (`fresh_groups`,
+    the groups' settings before the load) and check every loaded moment has its parameter's shape."""
+    for group, fresh in zip(optimizer.param_groups, fresh_groups):
+        group.update(fresh)
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    raise CheckpointError(f"{source}: optimiser state {key!r} has shape {tuple(value.shape)} for a "
+                                          f"parameter of shape {tuple(param.shape)}")
+
+
+def check_rates(source: str | os.PathLike, rates: list[Any]) -> None:
+    """The learning rates restored from `source` are finite floats."""
     if not all(isinstance(rate, float) and math.isfinite(rate) for rate in rates):
         raise CheckpointError(f"{source}: learning rates {rates!r} are not finite numbers")
