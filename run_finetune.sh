@@ -3,8 +3,8 @@
 #   ./run_finetune.sh TASK [extra flags…]
 # TASK is any task name (BoolQ, SST, SST-2, RACE-H, …), or TEST1 (WNLI) / TEST2 (WSC): one epoch on the CPU, as
 # the original's tests. The model is model/bort.params, where `bort fetch s3://alexa-saif-bort/bort.params model/`
-# (or `aws s3 cp s3://alexa-saif-bort/bort.params model/`) puts it, with Bort's RoBERTa vocabulary (vocab.json +
-# merges.txt) beside it; BORT_MODEL / BORT_TOKENIZER choose others. Data: BORT_DATA_DIR (default ./data), then the
+# (or `aws s3 cp s3://alexa-saif-bort/bort.params model/`) puts it; its vocabulary is the one beside it, else the
+# released Bort's, shipped with the package; BORT_MODEL / BORT_TOKENIZER choose others. Data: BORT_DATA_DIR (default ./data), then the
 # original's ~/.mxnet/datasets locations. The hyper-parameters are the original script's; extra flags (ours or
 # the original's) are passed on. ./scripts/run_finetune.sh is the same with MODEL as its second argument.
 set -euo pipefail
