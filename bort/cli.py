@@ -8,7 +8,11 @@ import importlib
 import json
 import logging
 import sys
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    from .config import BortConfig
+    from .tokenization import BortTokenizer
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
@@ -38,15 +42,35 @@ def _run_convert(args: argparse.Namespace) -> int:
     task = None if task == "encoder" else task
     fmt = args.to or ("gluon" if str(args.dest).endswith(".params") else "native")
     model = model_for_task(cfg, state, task, str(args.src))
+    tokenizer = _source_tokenizer(args.src, cfg) if fmt != "gluon" else None  # checked before anything is written
     out = save_pretrained(model, args.dest, format=fmt)
+    if tokenizer is not None:  # in HF's files too, so AutoTokenizer on the output gives our ids
+        tokenizer.save(out, model_max_length=cfg.max_position_embeddings - cfg.position_offset)
     n = sum(p.numel() for p in model.parameters())
-    report = {"src": str(args.src), "dest": str(out), "format": fmt, "task": task or "encoder", "parameters": n}
+    report = {"src": str(args.src), "dest": str(out), "format": fmt, "task": task or "encoder", "parameters": n,
+              "tokenizer": tokenizer.hf_tokenizer_class() if tokenizer is not None else None}
     if fmt == "gluon":  # the model_name the original's get_bort_model needs (None: add a preset of these sizes)
         from .checkpoint.gluon_export import original_preset
 
         report["original_preset"] = original_preset(cfg)
     print(json.dumps(report))
     return 0
+
+
+def _source_tokenizer(src: str, cfg: BortConfig) -> BortTokenizer | None:
+    """The tokenizer saved beside the checkpoint `src` (an HF or native directory, a fine-tuning best/), or
+    None; refused when its ids do not fit the model's embedding."""
+    from .checkpoint import CheckpointError
+    from .tokenization import tokenizer_in
+
+    try:
+        tokenizer = tokenizer_in(src)
+    except (ValueError, OSError) as err:
+        raise CheckpointError(f"{src}: cannot read the tokenizer beside the checkpoint: {err}") from None
+    if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+        raise CheckpointError(f"{src}: the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
+                              f"{cfg.vocab_size}: they do not belong together")
+    return tokenizer
 
 
 def _add_presets(sub: argparse._SubParsersAction) -> None:
@@ -94,6 +118,8 @@ DELEGATED = [
      "download s3://BUCKET/KEY (or a prefix) with resume and checksum verification"),
     ("push", "storage.cli", "add_push_args", "run_push",
      "upload a file or directory to s3://BUCKET/PREFIX (multipart, .sha256 sidecars)"),
+    ("export", "export", "add_args", "run",
+     "export a model for serving: ONNX (ONNX Runtime) or torch.export (.pt2), optionally int8 or bf16"),
 ]
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_presets]

@@ -341,14 +341,22 @@ def check_inputs(config: BortConfig, input_ids: torch.Tensor, attention_mask: to
 
 
 def _key_padding_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
-    """HF convention (1 = real token) → bool (batch, seq); None when nothing is padded (the fast path)."""
+    """HF convention (1 = real token) → bool (batch, seq); None without a mask (the fast path).
+
+    In eager mode an all-real mask also takes the fast path (unmasked attention is the faster kernel). That
+    test reads a value back, so while tracing, compiling or exporting (`_checks_enabled` False) the mask is
+    always applied: a graph recorded on an unpadded example must stay right on padded batches, and an
+    exported graph must not branch on data.
+    """
     if attention_mask is None:
         return None
     if attention_mask.shape != input_ids.shape[:2]:
         raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids "
                          f"{tuple(input_ids.shape[:2])}")
     mask = attention_mask.bool()
-    return None if bool(mask.all()) else mask
+    if _checks_enabled() and bool(mask.all()):
+        return None
+    return mask
 
 
 class BortModel(BortPreTrainedModel):

@@ -22,6 +22,8 @@ from typing import Any, Sequence, Union
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from .atomic import atomic_write_text
+
 __all__ = [
     "WORDPIECE",
     "BPE",
@@ -33,6 +35,7 @@ __all__ = [
     "BortTokenizer",
     "BORT_VOCABULARY",
     "load_tokenizer",
+    "tokenizer_in",
     "train_tokenizer",
     "add_train_tokenizer_args",
     "run_train_tokenizer",
@@ -358,14 +361,117 @@ class BortTokenizer:
         return processors.TemplateProcessing(single=f"{c} $A {s}", pair=f"{c} $A {s} $B {s}", special_tokens=specials)
 
     # ----------------------------------------------------------------------------------------------- saving
-    def save(self, directory: PathLike) -> Path:
-        """Write `tokenizer.json` and the model's own vocabulary files (`vocab.txt`, or `vocab.json` +
-        `merges.txt`) into `directory`; returns the directory."""
+    def save(self, directory: PathLike, model_max_length: int | None = None) -> Path:
+        """Write `tokenizer.json`, the model's own vocabulary files (`vocab.txt`, or `vocab.json` +
+        `merges.txt`) and Hugging Face's `tokenizer_config.json` + `special_tokens_map.json` into `directory`,
+        so that `transformers.AutoTokenizer.from_pretrained(directory)` gives our ids and can pad.
+        `model_max_length` (the model's positions) is what HF truncates to when no `max_length` is given.
+        Returns the directory."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         self._tok.save(str(out / "tokenizer.json"))
         self._tok.model.save(str(out))
+        specials = self._special_tokens_map()
+        config: dict[str, Any] = {"tokenizer_class": self.hf_tokenizer_class(), **specials,
+                                  "clean_up_tokenization_spaces": False}
+        if self.kind == WORDPIECE:
+            # BertTokenizerFast rebuilds its normalizer from these (transformers ≥ 5 ignores tokenizer.json's).
+            config.update(do_lower_case=bool(self.lowercase), strip_accents=None, tokenize_chinese_chars=True)
+        else:
+            config.update(add_prefix_space=False, trim_offsets=True)
+        if model_max_length is not None:
+            config["model_max_length"] = int(model_max_length)
+        for name, values in (("tokenizer_config.json", config), ("special_tokens_map.json", specials)):
+            atomic_write_text(out / name, json.dumps(values, indent=2, sort_keys=True) + "\n")
         return out
+
+    def _special_tokens_map(self) -> dict[str, str]:
+        s = self.special_tokens
+        roles = {"cls_token": s.cls, "sep_token": s.sep, "pad_token": s.pad, "unk_token": s.unk,
+                 "bos_token": s.cls, "eos_token": s.sep, "mask_token": s.mask}
+        return {role: token for role, token in roles.items() if token is not None}
+
+    def hf_tokenizer_class(self) -> str:
+        """The `transformers` class that reproduces this tokenizer from its saved files.
+
+        `BertTokenizerFast` and `RobertaTokenizerFast` rebuild their pipeline from the vocabulary and their
+        own defaults (transformers ≥ 5 does so even when a tokenizer.json is present), so they are named only
+        when those defaults are exactly ours: BERT's WordPiece, and RoBERTa's byte-level BPE with HF's
+        `<s> A </s></s> B </s>` pairs. Anything else — Bort's `<s> A </s> B </s>` pairs, a lowercasing BPE,
+        GPT-2's single special token — gets `PreTrainedTokenizerFast`, which runs tokenizer.json as saved."""
+        if self.kind == WORDPIECE and self._is_standard_pipeline(_build_wordpiece({}, bool(self.lowercase))) \
+                and self.special_tokens == BERT_SPECIAL_TOKENS:
+            return "BertTokenizerFast"
+        if self.kind == BPE and self.roberta_pair_style and not self.lowercase \
+                and self.special_tokens == ROBERTA_SPECIAL_TOKENS \
+                and self._is_standard_pipeline(_build_bpe({}, [], None, False, "reference")):
+            return "RobertaTokenizerFast"
+        return "PreTrainedTokenizerFast"
+
+    def _is_standard_pipeline(self, reference: Tokenizer) -> bool:
+        """Whether our normalizer, pre-tokenizer and model settings are those of `reference` (vocabulary aside)."""
+        def settings(tok: Tokenizer) -> Any:
+            model = {k: v for k, v in json.loads(tok.model.__getstate__()).items()
+                     if k not in ("vocab", "merges", "unk_token")}
+            return (_component_spec(tok.normalizer), _component_spec(tok.pre_tokenizer), model)
+
+        return settings(self._tok) == settings(reference)
+
+    # ----------------------------------------------------------------------------------------------- HF call
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        text_pair: str | Sequence[str] | None = None,
+        *,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+    ) -> dict[str, Any]:
+        """Encode the way a `transformers` tokenizer is called: one text (or pair) gives flat lists, a list of
+        texts (with `text_pair` a list of the same length) gives one row each; `model(**tokenizer(...))` works.
+
+        `padding`: False/"do_not_pad", True/"longest", or "max_length". `truncation`: True/"longest_first"
+        cuts pairs from the longer side to `max_length`, False/"do_not_truncate" never; None (the default)
+        truncates when `max_length` is given, as transformers does. `return_tensors`: None, "pt" or "np"."""
+        single = isinstance(text, str)
+        if single:
+            if text_pair is not None and not isinstance(text_pair, str):
+                raise TypeError(f"text is one string, so text_pair must be one too, got {type(text_pair).__name__}")
+            rows: list[Any] = [text] if text_pair is None else [(text, text_pair)]
+        else:
+            texts = list(text)
+            if text_pair is None:
+                rows = texts
+            else:
+                if isinstance(text_pair, str):
+                    raise TypeError("text is a list, so text_pair must be a list of the same length, got a string")
+                pairs = list(text_pair)
+                if len(pairs) != len(texts):
+                    raise ValueError(f"text has {len(texts)} entries but text_pair has {len(pairs)}")
+                rows = list(zip(texts, pairs))
+        if truncation is None:
+            truncate = max_length is not None
+        elif truncation in (True, "longest_first"):
+            truncate = True
+        elif truncation in (False, "do_not_truncate"):
+            truncate = False
+        else:
+            raise ValueError(f'truncation must be True, False, None, "longest_first" or "do_not_truncate", '
+                             f"got {truncation!r}")
+        if truncate and max_length is None:
+            raise ValueError("truncation needs max_length (this tokenizer does not know the model's length)")
+        if padding == "do_not_pad":
+            padding = False
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f'return_tensors must be "pt", "np" or None, got {return_tensors!r}')
+        batch = self.encode_batch(rows, max_length=max_length, padding=padding, truncation=truncate,
+                                  return_tensors="pt" if return_tensors == "np" else return_tensors)
+        if return_tensors == "np":
+            return {name: tensor.numpy() for name, tensor in batch.items()}
+        if single and return_tensors is None:
+            return {name: value[0] for name, value in batch.items()}
+        return batch
 
 
 def _check_text(text: Any) -> None:
@@ -698,6 +804,19 @@ def _load_directory(path: Path, merges: PathLike | None, lowercase: bool | None,
         return _load_json_file(gluon[0], merges, lowercase, roberta_pair_style)
     raise ValueError(f"{path}: no tokenizer found; expected tokenizer.json, vocab.txt, vocab.json + merges.txt, "
                      "encoder.json + vocab.bpe, or one GluonNLP *.vocab JSON")
+
+
+# The files that mean "a tokenizer lives here" in a checkpoint directory (ours, HF's, a fine-tuning best/).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "encoder.json")
+
+
+def tokenizer_in(directory: PathLike) -> BortTokenizer | None:
+    """The tokenizer saved in a checkpoint `directory`, or None when it holds none (e.g. weights only).
+    A tokenizer that is there but broken raises ValueError naming the file, rather than being skipped."""
+    path = Path(directory)
+    if not path.is_dir() or not any((path / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    return load_tokenizer(path)
 
 
 def load_tokenizer(

@@ -18,7 +18,7 @@ import torch
 
 from ..config import BortConfig, ConfigError
 from .errors import CheckpointError
-from .hf import export_hf, load_hf_dir
+from .hf import export_hf, hf_task, load_hf_dir
 from .native import (FORMAT_KEY, WEIGHTS_NAME, is_native_dir, native_config_from_values, read_json_config,
                      read_safetensors, save_native)
 from .state import load_state_into
@@ -46,7 +46,7 @@ def read_checkpoint(path: str | os.PathLike, config: ConfigSpec = None
             state = read_safetensors(path / WEIGHTS_NAME)
         elif values is not None and "model_type" in values:
             base, state = load_hf_dir(path, values)
-            saved_task = None
+            saved_task = hf_task(values)
         elif values is not None:
             raise CheckpointError(f"{path / 'config.json'}: neither a bort config (no {FORMAT_KEY!r}) nor a "
                                   "Hugging Face config (no 'model_type')")

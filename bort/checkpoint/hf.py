@@ -3,10 +3,21 @@
 Our parameter names are HF BERT's, so the translation is a prefix (`bert.`/`roberta.` ↔ `bort.`) plus
 the MLM head (`cls.predictions.*` or `lm_head.*` ↔ `lm_head.*`). Export writes a directory that
 `transformers.AutoModel*.from_pretrained` loads with no custom code.
+
+Bort's sentence head (first token → Dense + tanh → Dense, `classifier.dense`/`classifier.out_proj`) computes in
+eval exactly what HF BERT's pooler + `classifier` compute, so a Bort classifier exports to
+`BertForSequenceClassification` and a Bort multiple-choice model to `*ForMultipleChoice` with the head's first
+Dense stored as the pooler. What HF cannot hold in its own fields (our `type_vocab_size` 0, that the pooler was
+our head) is kept under the config key "bort" and restored on import, so a round trip does not drift.
+
+An encoder without a pooler (Bort) exports as a `BertModel` without pooler weights: `AutoModel.from_pretrained`
+always builds a pooler and would initialise it randomly, so load it with `add_pooling_layer=False` (its
+`last_hidden_state` is ours either way; only `pooler_output` would be noise).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +34,8 @@ from .native import read_safetensors
 BERT_TYPES = ("bert",)
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+logger = logging.getLogger(__name__)
 
 
 def config_from_hf(values: dict[str, Any], source: str = "config.json",
@@ -56,7 +69,7 @@ def config_from_hf(values: dict[str, Any], source: str = "config.json",
         position_offset=pad + 1 if model_type in ROBERTA_TYPES else 0,
         embedding_style="bert",
         add_pooler=True if state is None else any(k.endswith("pooler.dense.weight") for k in state),
-        num_labels=len(values["id2label"]) if isinstance(values.get("id2label"), dict) else 2,
+        num_labels=_num_labels(values),
         problem_type=values.get("problem_type") if values.get("problem_type") != "multi_label_classification" else None,
         classifier_dropout=values.get("classifier_dropout"),
     )
@@ -68,6 +81,13 @@ def config_from_hf(values: dict[str, Any], source: str = "config.json",
         return BortConfig(**fields)
     except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{source}: cannot build a config: {err}") from None
+
+
+def _num_labels(values: dict[str, Any]) -> Any:
+    """HF keeps the label count as `id2label` (older files, and ours: also `num_labels`)."""
+    if isinstance(values.get("id2label"), dict) and values["id2label"]:
+        return len(values["id2label"])
+    return values.get("num_labels", 2)
 
 
 def read_hf_state(directory: Path) -> dict[str, torch.Tensor]:
@@ -108,7 +128,53 @@ def state_from_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def load_hf_dir(directory: Path, values: dict[str, Any]) -> tuple[BortConfig, dict[str, torch.Tensor]]:
     """An HF checkpoint directory whose config.json holds `values` → (config, canonical state)."""
     state = state_from_hf(read_hf_state(directory))
+    values = restore_bort_layout(values, state, str(directory / "config.json"))
     return config_from_hf(values, str(directory / "config.json"), state), state
+
+
+def restore_bort_layout(values: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
+    """Undo what `export_hf` changed to fit HF's classes, as recorded under "bort" in config.json: the pooler
+    that was our head's first Dense goes back into `classifier.dense` (`state` is edited in place), and a
+    token-type table of one zero row becomes "no token types" again. Returns the config values to build from."""
+    extra = values.get("bort")
+    if not isinstance(extra, dict):
+        return values  # a checkpoint HF or someone else wrote: take it as it is
+    values = dict(values)
+    pooler_was_head = extra.get("add_pooler") is False
+    if pooler_was_head and "bort.pooler.dense.weight" in state and "classifier.weight" in state:
+        for part in ("weight", "bias"):
+            if f"bort.pooler.dense.{part}" in state:
+                state[f"classifier.dense.{part}"] = state.pop(f"bort.pooler.dense.{part}")
+            if f"classifier.{part}" in state:
+                state[f"classifier.out_proj.{part}"] = state.pop(f"classifier.{part}")
+    if extra.get("type_vocab_size") == 0 and values.get("type_vocab_size") == 1:
+        # a head's encoder is under "bort.", an exported bare encoder has no prefix
+        key = next((k for k in ("bort.embeddings.token_type_embeddings.weight",
+                                "embeddings.token_type_embeddings.weight") if k in state), "")
+        table = state.get(key)
+        if table is None or not bool(table.count_nonzero() == 0):
+            # Trained since (e.g. fine-tuned in HF): the row is real now, keep the table it needs.
+            logger.info("%s: the token-type row is no longer zero; keeping type_vocab_size 1", source)
+        else:
+            state.pop(key, None)
+            values["type_vocab_size"] = 0
+    return values
+
+
+def hf_task(values: dict[str, Any]) -> str | None:
+    """The head an HF config's `architectures` names ("mlm", "classification", "regression",
+    "multiple_choice"), or None (an encoder, or a head we have none of: then the weights decide)."""
+    architectures = values.get("architectures")
+    name = architectures[0] if isinstance(architectures, list) and architectures and \
+        isinstance(architectures[0], str) else ""
+    if name.endswith("ForMaskedLM"):
+        return "mlm"
+    if name.endswith("ForMultipleChoice"):
+        return "multiple_choice"
+    if name.endswith("ForSequenceClassification"):
+        regression = values.get("problem_type") == "regression" or _num_labels(values) == 1
+        return "regression" if regression else "classification"
+    return None
 
 
 def hf_config_dict(config: BortConfig, architecture: str) -> dict[str, Any]:
@@ -141,9 +207,16 @@ def hf_config_dict(config: BortConfig, architecture: str) -> dict[str, Any]:
         "position_embedding_type": "absolute",
         "tie_word_embeddings": True,
         "num_labels": config.num_labels,
+        # HF derives its label count from id2label on load; without it every head would come back with 2.
+        "id2label": {str(i): f"LABEL_{i}" for i in range(config.num_labels)},
+        "label2id": {f"LABEL_{i}": i for i in range(config.num_labels)},
+        "classifier_dropout": config.classifier_dropout,
         **({"problem_type": config.problem_type} if config.problem_type else {}),
         "bort": {"attention": config.attention, "attention_params": config.attention_params,
                  "embedding_style": config.embedding_style,
+                 # what HF's fields cannot say: no token-type table, and no pooler of our own (a pooler in
+                 # the file is then our head's first Dense, see export_hf)
+                 "type_vocab_size": config.type_vocab_size, "add_pooler": config.add_pooler,
                  # transformers' LM head uses layer_norm_eps; ours may differ (GluonNLP 0.8.3, docs/gluon.md)
                  "decoder_layer_norm_eps": config.decoder_layer_norm_eps},
     }
@@ -166,11 +239,11 @@ def export_hf(model: nn.Module, directory: str | os.PathLike) -> Path:
                     BortForSequenceClassification: "ForSequenceClassification",
                     BortForMultipleChoice: "ForMultipleChoice"}[type(model)]
     values = hf_config_dict(config, architecture)
-    if getattr(model, "use_pooler", None) is False and values["model_type"] == "bert" \
-            or isinstance(model, BortForMultipleChoice) and not model.use_pooler:
-        raise CheckpointError(f"{type(model).__name__} without a pooler has a head that HF "
-                              f"{values['architectures'][0]} cannot hold; export the encoder or use the native format")
     base = "bert." if values["model_type"] == "bert" else "roberta."
+    # HF's BERT classifier and every HF multiple-choice model score pooler → Linear; our dense-tanh head
+    # computes the same in eval, so its first Dense becomes the pooler (RoBERTa's classifier has our layout).
+    head_as_pooler = getattr(model, "use_pooler", None) is False and \
+        (values["model_type"] == "bert" or isinstance(model, BortForMultipleChoice))
     encoder = model if isinstance(model, BortModel) else model.bort
     state: dict[str, torch.Tensor] = {}
     for key, value in encoder.state_dict().items():
@@ -198,6 +271,10 @@ def export_hf(model: nn.Module, directory: str | os.PathLike) -> Path:
         for key, value in model.state_dict().items():
             if not key.startswith("bort."):
                 state[key] = value
+        if head_as_pooler:
+            for part in ("weight", "bias"):
+                state[f"{base}pooler.dense.{part}"] = state.pop(f"classifier.dense.{part}")
+                state[f"classifier.{part}"] = state.pop(f"classifier.out_proj.{part}")
     # safetensors refuses aliased tensors (tied weights): store independent copies.
     state = {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
     directory = Path(directory)
