@@ -120,6 +120,8 @@ DELEGATED = [
      "upload a file or directory to s3://BUCKET/PREFIX (multipart, .sha256 sidecars)"),
     ("export", "export", "add_args", "run",
      "export a model for serving: ONNX (ONNX Runtime) or torch.export (.pt2), optionally int8 or bf16"),
+    ("predict", "predict", "add_args", "run",
+     "predict a task's dev/test split with a fine-tuned model (fp32/bf16/int8, torch or ONNX Runtime)"),
 ]
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_presets]

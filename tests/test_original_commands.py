@@ -152,7 +152,6 @@ def test_finetune_accepts_all_32_original_flags_with_their_meaning(tmp_path):
     ([], "bort fetch s3://alexa-saif-bort/bort.params model/"),
     (["--model", "m", "--gpu", "0"], "--gpu 999"),
     (["--model", "m", "--dtype", "float16"], "runs in float32"),
-    (["--model", "m", "--only_inference"], "load_pretrained(DIR/best)"),
     (["--model", "m", "--use_scheduler", ""], "--warmup_ratio 0"),
     (["--model", "m", "--ramp_up_epochs", "3", "--epochs", "1"], "--training_steps"),
 ])

@@ -100,7 +100,12 @@ def add_original_args(parser: argparse.ArgumentParser) -> None:
     a("--no_distributed", type=_original_bool, default=False, help="accepted: fine-tuning runs one process")
     a("--dataset", choices=ORIGINAL_DATASETS, default=None,
       help="the original's vocabulary name; the vocabulary comes from the model directory or --tokenizer")
-    a("--only_inference", action="store_true", help="refused: use the fine-tuned model's own predictions")
+    a("--only_inference", action="store_true",
+      help="no training: predict the dev split (metrics) and the test split (submission/) with the fine-tuned "
+           "--model, as `bort predict` does, with --precision/--backend/--threads and --batch-size")
+    from ..predict import add_predict_options
+
+    add_predict_options(g)
     a("--dtype", choices=("float32", "float16"), default="float32",
       help="float32 (float16 is refused: fine-tuning runs in float32)")
     a("--multirc_test_location", default=None, help="the MultiRC test.jsonl; its directory is searched for data")
@@ -124,10 +129,6 @@ def apply_original_args(args: argparse.Namespace) -> list[str]:
                          "original's value for the CPU)")
     if args.dtype == "float16":
         raise ValueError("--dtype float16: fine-tuning here runs in float32; drop --dtype (or pass float32)")
-    if args.only_inference:
-        raise ValueError("--only_inference: no inference-only mode here; the fine-tuned model's dev predictions "
-                         "and test submission are written by the run that trains it (--output-dir), and "
-                         "load_pretrained(DIR/best) gives the model for other inputs")
     if not args.use_scheduler:
         raise ValueError("--use_scheduler '' (a constant learning rate) is not available here: the schedule is "
                          "warmup then linear decay; pass --warmup_ratio 0 for no warmup")
@@ -234,12 +235,35 @@ def run(args: argparse.Namespace) -> int:
         for note in apply_original_args(args):
             logger.info("%s", note)
         _choose_data_dir(args)
+        if args.only_inference:
+            return run_inference(args)
         summary = run_finetune(settings_from_args(args))
     except (ValueError, FileNotFoundError, FloatingPointError, WriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({k: summary[k] for k in ("task", "dev", "best_step", "steps", "train_seconds",
                                               "submission")}, sort_keys=True))
+    return 0
+
+
+def run_inference(args: argparse.Namespace) -> int:
+    """`--only_inference`: `bort predict` on the dev split, then on the test split when the task directory has
+    one (its leaderboard file in OUTPUT/submission/), with the model's own tokenizer unless --tokenizer."""
+    from ..data.tasks import get_task
+    from ..predict import predict_task, report
+
+    task = get_task(args.task)
+    task_dir = resolve_task_dir(task, args.data_dir)
+    splits = [split for split in ("dev", "test")
+              if split in task.splits and all(p.exists() for p in task.files(task_dir, split))]
+    if not splits:
+        raise FileNotFoundError(f"--only_inference: no dev or test file of {task.name} under {args.data_dir}")
+    for split in splits:
+        summary = predict_task(args.model, args.task, args.data_dir, split, precision=args.precision,
+                               backend=args.backend, batch_size=args.batch_size, threads=args.threads,
+                               tokenizer=args.tokenizer, skip_bad_rows=args.skip_bad_rows, progress=args.progress,
+                               output_dir=str(Path(args.output_dir) / "submission") if split == "test" else None)
+        report(summary)
     return 0
 
 
