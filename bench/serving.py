@@ -10,13 +10,21 @@ on `--threads` threads (torch and ONNX Runtime alike):
   bf16 / int8 on torch (torchao int8) and fp32 / int8 on ONNX Runtime (exported by `bort.export`);
 - peers: HF `BertForSequenceClassification` with `BertConfig()` (BERT-base, random init, nothing downloaded) in
   fp32 eager, batches in file order through `BertTokenizerFast(..., padding=True)` as HF users run it; and the
-  same model exported with `torch.onnx.export` and quantized by ONNX Runtime's `quantize_dynamic` (int8), fed
-  the same file-order batches.
+  same model exported with `torch.onnx.export` and quantized by ONNX Runtime's `quantize_dynamic` (int8, per
+  channel as ours), fed the same file-order batches.
 
 Candidates are timed interleaved (`bench.common.time_interleaved`); we report median sentences/s and, per
 round, the ratio to HF BERT-base fp32 eager and to BERT-base ONNX Runtime int8. Model building, quantization
 and export happen before timing. int8 speed depends on the CPU's VNNI support: the table names the ISA.
-Not measured here: accuracy of int8/bf16 against fp32 on a fine-tuned model.
+
+Accuracy of the reduced precisions, on a really fine-tuned model (`serving_accuracy.{md,json}`):
+
+    python run_finetune.py --task SST-2 --model MINILM_DIR --data-dir DATA/glue --dev-split 600 --epochs 3 \
+        --batch-size 16 --warmup-ratio 0.1 --weight-decay 0.01 --optimizer adamw --max-length 128 --output-dir FT
+    python bench/serving.py --accuracy FT/best
+
+predicts the 272 SST-2 dev rows the fine-tuning held out (the same `--dev-split` and `--split-seed`) in every
+precision and backend and compares each with fp32 on torch.
 """
 from __future__ import annotations
 
@@ -93,7 +101,7 @@ def _hf_peers(sentences: list[str], threads: int, tmp: Path) -> dict[str, Callab
                                     output_names=["logits"],
                                     dynamic_shapes={n: {0: batch, 1: seq} for n in names}, verbose=False)
     program.save(str(fp32))
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -149,11 +157,53 @@ def run(repeats: int = 3, threads: int = 2, write: bool = True) -> dict[str, Any
                 f"{', '.join(machine['isa']) or 'none of the listed'}; torch CPU capability "
                 f"{machine['torch_cpu_capability']}; torch {machine['torch']}.\n\n"
                 + common.markdown_table(rows) + "\n## Targets (issue 23)\n\n" + common.markdown_table(targets)
-                + "\nNot measured: accuracy of int8 / bf16 against fp32 on a fine-tuned model.\n")
+                + "\nAccuracy of int8 / bf16 against fp32 on a fine-tuned model: `serving_accuracy.md` "
+                  "(`--accuracy`).\n")
     result = {"name": NAME, "machine": machine, "sentences": len(sentences), "batch": BATCH, "threads": threads,
               "repeats": repeats, "build_seconds": build_s, "timings": timings, "rows": rows, "targets": targets}
     if write:
         common.write_results(NAME, result, markdown=markdown, plot=lambda fig: _plot(fig, rows))
+    result["markdown"] = markdown
+    return result
+
+
+def accuracy(finetuned: Path, dev_split: int = 600, split_seed: int = 0, threads: int = 2,
+             write: bool = True) -> dict[str, Any] | None:
+    """Held-out accuracy of `finetuned` (an SST-2 classifier trained on the first `dev_split` rows of the shuffled
+    dev file) in every precision and backend of `OURS`, against fp32 on torch."""
+    if not SST2_DEV.is_file():
+        print(f"[{NAME}] skipped: needs {SST2_DEV}", flush=True)
+        return None
+    from bort.checkpoint import load_pretrained
+    from bort.data.tasks import get_task
+    from bort.finetune.runner import split_examples
+    from bort.predict import Predictor
+    from bort.tokenization import load_tokenizer
+
+    torch.set_num_threads(threads)
+    task = get_task("SST-2")
+    _, held_out = split_examples(list(task.read(SST2_DEV.parent, "dev")), dev_split, split_seed)
+    model, tokenizer = load_pretrained(finetuned, task="classification").eval(), load_tokenizer(finetuned)
+    rows = []
+    for precision, backend in OURS:
+        result = Predictor(model, tokenizer, "classification", precision=precision, backend=backend,
+                           batch_size=BATCH, threads=threads).predict(held_out)
+        rows.append({"candidate": f"{precision} {backend}",
+                     "accuracy": task.evaluate(result.predictions, held_out)["acc"],
+                     "sentences/s": result.sentences_per_second})
+    for row in rows:
+        row["Δ vs fp32 torch (points)"] = 100 * (row["accuracy"] - rows[0]["accuracy"])
+    machine = common.machine_info()
+    markdown = (f"# {NAME}_accuracy\n\nThe {len(held_out)} SST-2 dev rows held out by a fine-tuning on the "
+                f"other {dev_split} (split seed {split_seed}), model `{finetuned.parent.name}/{finetuned.name}` "
+                f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), batch {BATCH}, "
+                f"{threads} threads; CPU {machine['cpu_model']} ({', '.join(machine['isa'])}).\n\n"
+                + common.markdown_table(rows)
+                + "\nTarget (issue 23): int8 within 1 point of fp32; "
+                + ", ".join(f"{r['candidate']} {r['Δ vs fp32 torch (points)']:+.1f}" for r in rows[1:]) + ".\n")
+    result = {"name": f"{NAME}_accuracy", "machine": machine, "held_out": len(held_out), "rows": rows}
+    if write:
+        common.write_results(f"{NAME}_accuracy", result, markdown=markdown)
     result["markdown"] = markdown
     return result
 
@@ -171,8 +221,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every candidate (default 2)")
+    parser.add_argument("--accuracy", type=Path, default=None, metavar="FINETUNED",
+                        help="instead of timing: held-out accuracy of this SST-2 classifier (fine-tuned with "
+                             "--dev-split) in every precision and backend")
+    parser.add_argument("--dev-split", type=int, default=600, help="rows the fine-tuning trained on (default 600)")
+    parser.add_argument("--split-seed", type=int, default=0, help="the fine-tuning's --split-seed (default 0)")
     args = parser.parse_args(argv)
-    result = run(repeats=args.repeats, threads=args.threads)
+    if args.accuracy is not None:
+        result = accuracy(args.accuracy, args.dev_split, args.split_seed, args.threads)
+    else:
+        result = run(repeats=args.repeats, threads=args.threads)
     if result is not None:
         print(result["markdown"])
 
