@@ -118,7 +118,9 @@ def _hf_peers(sentences: list[str], threads: int, tmp: Path) -> dict[str, Callab
     return {HF_FP32: hf_eager, HF_ORT_INT8: ort_int8}
 
 
-def run(repeats: int = 3, threads: int = 2, write: bool = True) -> dict[str, Any] | None:
+def run(quick: bool = False, repeats: int = 3, threads: int = 2, write: bool = True) -> dict[str, Any] | None:
+    """Time every candidate (see the module docstring); `quick` (as `bench/run_all.py --quick` asks): one round."""
+    repeats = 1 if quick else repeats
     if not SST2_DEV.is_file() or not BERT_VOCAB.is_file():
         print(f"[{NAME}] skipped: needs {SST2_DEV} and {BERT_VOCAB}", flush=True)
         return None
