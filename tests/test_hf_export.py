@@ -19,6 +19,7 @@ from bort.tokenization import BORT_VOCABULARY, BortTokenizer, load_tokenizer
 
 from conftest import shared_path
 from hf_helpers import minilm_dir
+from test_hf_parity import _inputs as padded_batch  # a padded batch with rows of 12, 8 and 5 tokens
 
 transformers = pytest.importorskip("transformers")
 TOL = 1e-5
@@ -140,16 +141,6 @@ def _randomise(model, seed=0):
     return model.eval()
 
 
-def _padded_batch(vocab=101, pad=1, batch=3, n=12):
-    gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, vocab, (batch, n), generator=gen)
-    mask = torch.ones(batch, n, dtype=torch.long)
-    for row, length in enumerate([n, n - 4, 5][:batch]):
-        mask[row, length:] = 0
-        ids[row, length:] = pad
-    return ids, mask
-
-
 HEADS = {
     # task: (HF auto class, our config overrides)
     "mlm": ("AutoModelForMaskedLM", {}),
@@ -182,7 +173,7 @@ def test_every_head_exports_to_the_auto_class_that_reproduces_it(task, shape, tm
         "mlm": "ForMaskedLM", "classification": "ForSequenceClassification",
         "regression": "ForSequenceClassification", "multiple_choice": "ForMultipleChoice"}[task]
     assert type(theirs).__name__ == expected_arch
-    ids, mask = _padded_batch()
+    ids, mask = padded_batch(vocab=101)
     want, real = _outputs(ours, ids, mask, task)
     got, _ = _outputs(theirs.eval(), ids, mask, task)
     assert got.shape == want.shape
@@ -206,7 +197,7 @@ def test_bert_classifier_with_pooler_round_trips_unchanged(tmp_path):
     ours = _randomise(TASK_MODELS["classification"](cfg))
     save_pretrained(ours, tmp_path, format="hf")
     theirs = transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path)).eval()
-    ids, mask = _padded_batch(vocab=97, pad=0)
+    ids, mask = padded_batch(vocab=97, pad=0)
     assert (_outputs(ours, ids, mask, "classification")[0] - _outputs(theirs, ids, mask, "classification")[0]) \
         .abs().max().item() <= TOL
     assert read_checkpoint(tmp_path)[0] == cfg
@@ -224,7 +215,7 @@ def test_encoder_without_pooler_loads_in_automodel_with_add_pooling_layer_false(
     theirs, info = transformers.AutoModel.from_pretrained(str(tmp_path), add_pooling_layer=False,
                                                           output_loading_info=True)
     assert not info["missing_keys"] and theirs.pooler is None
-    ids, mask = _padded_batch()
+    ids, mask = padded_batch(vocab=101)
     with torch.no_grad():
         diff = (ours(ids, mask).last_hidden_state - theirs.eval()(input_ids=ids, attention_mask=mask)
                 .last_hidden_state)[mask.bool()].abs().max().item()

@@ -32,8 +32,8 @@ from .group_pool import map_groups
 from .hashing import HashFamily
 from .lsh_buckets import Collisions, build_buckets, collision_sums, gradient_sums
 
-__all__ = ["BACKWARDS", "EXPECTATION_BACKWARDS", "LSHAttention", "colliding_grads", "exact_forward", "exact_grads",
-           "expectation_grads", "normalize_backward", "packs_of"]
+__all__ = ["BACKWARDS", "EXPECTATION_BACKWARDS", "LSHAttention", "colliding_grads", "exact_forward", "expectation_grads",
+           "normalize_backward", "packs_of"]
 
 # Backward rules of the sampled YOSO: the τ/2 rule estimated from the forward's collisions, the τ/2 rule on the
 # expectation E (O(n²)), the exact derivative of E·V (O(n²)), and YOSO v2's rule ("exact_colliding", see
@@ -127,12 +127,6 @@ def colliding_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: tor
         gk.addmm_(a.t(), q[sl])
         gv.addmm_(counts.t(), grad[sl], alpha=1.0 / m)
     return gq, gk, gv
-
-
-def exact_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, hash_code_len: int
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact gradients of E·V for one batch×head's (n, d) tensors (`expectation_grads` with rule "exact")."""
-    return expectation_grads(q, k, v, grad, hash_code_len, "exact")
 
 
 def _normalized(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
