@@ -26,11 +26,17 @@ ORIGINAL = SHARED / "reference" / "alexa-bort"
 ROBERTA_VOCAB = "data/vocab/roberta-base"
 
 
-def _original_flags(relative: str) -> list[str]:
-    """The option strings of every `add_argument` call in one of the original's files."""
+def _original_source(relative: str) -> Path:
+    """A file of the original Bort sources; skips the test when they are not beside the checkout."""
     path = ORIGINAL / relative
     if not path.is_file():
         pytest.skip(f"the original Bort sources are not at {ORIGINAL}")
+    return path
+
+
+def _original_flags(relative: str) -> list[str]:
+    """The option strings of every `add_argument` call in one of the original's files."""
+    path = _original_source(relative)
     flags = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
@@ -195,7 +201,7 @@ def test_original_and_hf_task_names_resolve():
 
 
 def _original_task_names() -> list[str]:
-    tree = ast.parse((ORIGINAL / "utils" / "finetune_utils.py").read_text())
+    tree = ast.parse(_original_source("utils/finetune_utils.py").read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "ALL_TASKS_DIC":
             return [k.value for k in node.value.keys]
