@@ -4,11 +4,11 @@
         --vocab roberta-base/vocab.json --num_workers 4 --num_outputs 8
 
 Writes `part-NNN.rec` (+ `.idx`) shards of masked-LM instances in MXNet RecordIO framing and a
-`summary.json`; see `bort.data.pretraining` (also `bort create-pretraining-data`).
+`summary.json`; see `bort.data.pretraining` and `bort.data.cli` (also `bort create-pretraining-data`).
 """
 import sys
 
-from bort.data.pretraining import main
+from bort.data.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

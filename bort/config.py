@@ -240,14 +240,17 @@ class BortConfig:
         return problems
 
     def _attention_problems(self) -> list[str]:
-        """The mechanism must be registered and its parameters a JSON-like object of bounded depth; the
-        mechanism itself checks the parameters' names and values when it is built."""
-        from .attention import available_attention  # here: the registry imports torch, this module does not
+        """The mechanism must be registered and its parameters a JSON-like object of bounded depth. Their
+        names and values are checked against the mechanism's declared schema by the registry
+        (`attention.registry.attention_params`) when the model is built, not here: some depend on sizes
+        checked here first (DAM's logits), and a config naming a mistyped parameter must stay loadable so
+        that its checkpoint error can name the file."""
+        from .attention.names import known_attention  # torch-free: the names only
 
         problems = []
-        if not isinstance(self.attention, str) or self.attention not in available_attention():
+        if not isinstance(self.attention, str) or self.attention not in known_attention():
             problems.append(f"unknown attention mechanism {_short(self.attention)}; known: "
-                            f"{', '.join(available_attention())}")
+                            f"{', '.join(known_attention())}")
         if not isinstance(self.attention_params, dict):
             problems.append(f"attention_params must be an object of parameter names to values, got "
                             f"{type(self.attention_params).__name__} {_short(self.attention_params)}")
@@ -347,7 +350,14 @@ class BortConfig:
         if text.lstrip().startswith("{"):
             return cls.resolve(parse_json(text, ConfigError, "inline config"))
         if Path(text).is_file() or text.endswith(".json"):
-            return cls.load(text)
+            # The same keys as inline JSON: our fields, or {"preset": name, ...overrides}.
+            values = read_json(text, ConfigError, "config file")
+            if isinstance(values, dict) and "preset" in values:
+                try:
+                    return cls.resolve(values)
+                except ConfigError as err:
+                    raise ConfigError(f"{text}: {err}") from None
+            return cls.from_dict(values, source=text)
         return cls.preset(text)
 
 

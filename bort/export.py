@@ -24,7 +24,6 @@ their forward draws random numbers per call, runs numpy or worker threads inside
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -326,44 +325,3 @@ def export_model(model: nn.Module, dest: str | os.PathLike, fmt: str, *, quantiz
     return ExportReport(dest=str(dest), format=fmt, dtype=dtype, quantize=quantize, inputs=names,
                         outputs=module.output_names, example_shape=list(example[0].shape),
                         verify_shape=list(check[0].shape), max_abs_diff=diff, reference=reference)
-
-
-# --- `bort export` ------------------------------------------------------------------------------------------------
-def add_args(p: argparse.ArgumentParser) -> None:
-    p.description = ("Export a checkpoint for serving: ONNX (ONNX Runtime) or a torch.export program (.pt2), with "
-                     "dynamic batch and sequence axes and the attention mask as an input; checked against eager "
-                     f"PyTorch before it is written. Needs {SERVE_EXTRA}.")
-    p.add_argument("model", help="checkpoint directory (native or Hugging Face) or Gluon .params file")
-    p.add_argument("out", help="file to write (e.g. model.onnx, model.pt2)")
-    p.add_argument("--format", choices=FORMATS, default=None,
-                   help="output format (default: from OUT's suffix, .onnx or .pt2)")
-    p.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
-                   help="int8: ONNX Runtime dynamic quantization (onnx) or torchao int8 dynamic (pt2)")
-    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="bf16: cast the model (pt2 only)")
-    p.add_argument("--task", default="auto", choices=("auto", "encoder", "mlm", "classification", "regression",
-                                                      "multiple_choice"),
-                   help="which model to export (default: the head the checkpoint has)")
-    p.add_argument("--config", default=None, help="preset name or JSON file (for .params files)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .checkpoint import checkpoint_task, model_for_task, read_checkpoint
-
-    fmt = args.format
-    if fmt is None:
-        suffix = Path(args.out).suffix.lstrip(".")
-        if suffix not in FORMATS:
-            raise ExportError(f"{args.out}: cannot tell the format from the suffix {suffix or '(none)'!r}; pass "
-                              f"--format {' or '.join(FORMATS)}")
-        fmt = suffix
-    cfg, state, saved = read_checkpoint(args.model, args.config)
-    task = (saved or checkpoint_task(state)) if args.task == "auto" else args.task
-    task = None if task == "encoder" else task
-    if cfg.attention in REFUSED:  # before building the model: the refusal does not depend on the weights
-        raise ExportError(f"{args.model}: attention mechanism {cfg.attention!r} cannot be exported: "
-                          f"{REFUSED[cfg.attention]}")
-    model = model_for_task(cfg, state, task, str(args.model))
-    report = export_model(model, args.out, fmt, quantize=args.quantize, dtype=args.dtype)
-    print(json.dumps({"src": str(args.model), "task": task or "encoder", **report.to_dict()}))
-    return 0
-

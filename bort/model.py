@@ -188,6 +188,33 @@ class BortEncoder(nn.Module):
             for layer in self.layer:
                 layer.attention.self.mechanism.bind_shared(shared)
 
+    def forward(self, hidden: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> EncoderOutput:
+        """Run the layers (and the pre-LN final LayerNorm) over `hidden` (batch, seq, width), the embeddings.
+
+        `key_padding_mask` (batch, seq) is 1/True for real tokens (HF's `attention_mask`); None, or a mask
+        without padding, runs the mechanisms' unmasked fast path (see `_key_padding_mask`). With
+        `output_hidden_states` the result holds the embeddings and every layer's output (the last one
+        normalised, as HF's pre-LN encoders), with `output_attentions` every layer's probabilities.
+        """
+        mask = _key_padding_mask(key_padding_mask, hidden.shape[:2])
+        hidden_states = [hidden] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        x = hidden
+        for layer in self.layer:
+            x, probs = layer(x, mask, need_weights=output_attentions)
+            if hidden_states is not None:
+                hidden_states.append(x)
+            if attentions is not None:
+                attentions.append(probs)
+        if self.final_layer_norm is not None:
+            x = self.final_layer_norm(x)
+            if hidden_states is not None:
+                hidden_states[-1] = x
+        return EncoderOutput(last_hidden_state=x,
+                             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+                             attentions=tuple(attentions) if attentions is not None else None)
+
 
 class BortPooler(nn.Module):
     def __init__(self, config: BortConfig) -> None:
@@ -228,6 +255,32 @@ class BortPreTrainedModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def uses_token_types(self) -> bool:
+        """Whether the model embeds `token_type_ids` (BERT); RoBERTa-style and Bort models take none."""
+        return self.config.type_vocab_size > 0
+
+    def _attention_hooks(self, hook: str) -> list:
+        """The bound `hook` method of every submodule that defines it (see `attention.registry`)."""
+        return [getattr(m, hook) for m in self.modules()
+                if not isinstance(m, BortPreTrainedModel) and callable(getattr(m, hook, None))]
+
+    def attention_regularization(self) -> torch.Tensor | None:
+        """The sum of every attention module's `regularization()` term for the last forward (DAM's mask
+        penalty), which a trainer adds to the loss times its weight; None when no module has one, so a
+        trainer asked for a weight can refuse a model with nothing to regularise."""
+        terms = [hook() for hook in self._attention_hooks("regularization")]
+        return torch.stack(terms).sum() if terms else None
+
+    def attention_statistics(self) -> dict[str, float]:
+        """Every attention module's `statistics()` (e.g. DAM's "mask_density"), for the training log; a name
+        reported by several modules (one per encoder) is averaged. Empty when no module reports any."""
+        values: dict[str, list[float]] = {}
+        for hook in self._attention_hooks("statistics"):
+            for name, value in hook().items():
+                values.setdefault(name, []).append(float(value))
+        return {name: sum(v) / len(v) for name, v in values.items()}
 
 
 class EmptyRowWarning(UserWarning):
@@ -340,8 +393,14 @@ def check_inputs(config: BortConfig, input_ids: torch.Tensor, attention_mask: to
                           stacklevel=3)
 
 
-def _key_padding_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
-    """HF convention (1 = real token) → bool (batch, seq); None without a mask (the fast path).
+def _check_mask_shape(attention_mask: torch.Tensor | None, shape: tuple[int, ...]) -> None:
+    if attention_mask is not None and attention_mask.shape != shape:
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids "
+                         f"{tuple(shape)}")
+
+
+def _key_padding_mask(attention_mask: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """HF convention (1 = real token) → bool (batch, seq) of `shape`; None without a mask (the fast path).
 
     In eager mode an all-real mask also takes the fast path (unmasked attention is the faster kernel). That
     test reads a value back, so while tracing, compiling or exporting (`_checks_enabled` False) the mask is
@@ -350,9 +409,7 @@ def _key_padding_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tens
     """
     if attention_mask is None:
         return None
-    if attention_mask.shape != input_ids.shape[:2]:
-        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids "
-                         f"{tuple(input_ids.shape[:2])}")
+    _check_mask_shape(attention_mask, tuple(shape))
     mask = attention_mask.bool()
     if _checks_enabled() and bool(mask.all()):
         return None
@@ -376,27 +433,17 @@ class BortModel(BortPreTrainedModel):
         (batch, P) also returns the hidden states gathered at those positions."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
-        key_padding_mask = _key_padding_mask(attention_mask, input_ids)
+        _check_mask_shape(attention_mask, tuple(input_ids.shape))
         check_inputs(self.config, input_ids, attention_mask, token_type_ids, masked_positions)
-        x = self.embeddings(input_ids, token_type_ids)
-        hidden_states = [x] if output_hidden_states else None
-        attentions = [] if output_attentions else None
-        for layer in self.encoder.layer:
-            x, probs = layer(x, key_padding_mask, need_weights=output_attentions)
-            if hidden_states is not None:
-                hidden_states.append(x)
-            if attentions is not None:
-                attentions.append(probs)
-        if self.encoder.final_layer_norm is not None:
-            x = self.encoder.final_layer_norm(x)
-            if hidden_states is not None:
-                hidden_states[-1] = x  # as HF's pre-LN encoders: the last entry is the normalised output
+        enc = self.encoder(self.embeddings(input_ids, token_type_ids), attention_mask,
+                           output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        x = enc.last_hidden_state
         return EncoderOutput(
             last_hidden_state=x,
             pooler_output=self.pooler(x) if self.pooler is not None else None,
             masked_hidden_state=gather_positions(x, masked_positions) if masked_positions is not None else None,
-            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
-            attentions=tuple(attentions) if attentions is not None else None,
+            hidden_states=enc.hidden_states,
+            attentions=enc.attentions,
         )
 
 
@@ -545,6 +592,28 @@ class BortForMultipleChoice(_SentenceHead):
         loss = F.cross_entropy(logits.float(), labels.long().view(-1)) if labels is not None else None
         return HeadOutput(logits=logits, loss=loss, last_hidden_state=enc.last_hidden_state,
                           hidden_states=enc.hidden_states, attentions=enc.attentions)
+
+    def score_choices(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      token_type_ids: torch.Tensor | None, example: torch.Tensor, slot: torch.Tensor,
+                      num_examples: int | None = None) -> torch.Tensor:
+        """Scores of a variable number of choices per example: float (examples, max choices), −inf where an
+        example has no such choice.
+
+        `input_ids` (choices, seq) holds every real choice of the batch once, flattened (no padding choices
+        to encode, as `forward`'s (batch, choices, seq) needs for ReCoRD's varying candidate counts); choice
+        i belongs to example `example[i]` at position `slot[i]`. `num_examples` defaults to the largest
+        example index + 1.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"score_choices takes the flattened choices (choices, seq), got {tuple(input_ids.shape)}")
+        if example.shape != input_ids.shape[:1] or slot.shape != input_ids.shape[:1]:
+            raise ValueError(f"example {tuple(example.shape)} and slot {tuple(slot.shape)} must hold one index per "
+                             f"choice ({input_ids.shape[0]})")
+        enc = self.bort(input_ids, attention_mask, token_type_ids)
+        flat = self._scores(enc).squeeze(-1).float()
+        rows = int(example.max()) + 1 if num_examples is None else num_examples
+        table = flat.new_full((rows, int(slot.max()) + 1), float("-inf"))
+        return table.index_put((example, slot), flat)
 
 
 TASK_MODELS: dict[str | None, type[BortPreTrainedModel]] = {

@@ -20,7 +20,6 @@ embedding is refused, and so is a checkpoint without the head the task needs.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -244,31 +243,7 @@ def predict_task(model: str, task_name: str, data_dir: str, split: str = "dev", 
     return summary
 
 
-# --- `bort predict` -----------------------------------------------------------------------------------------------
-def add_args(p: argparse.ArgumentParser) -> None:
-    p.description = ("Predict a task's dev or test split with a fine-tuned checkpoint: length-sorted batches, "
-                     "predictions in the leaderboard format, metrics when the split has labels, sentences/s.")
-    p.add_argument("model", help="fine-tuned checkpoint (e.g. run_finetune.py's OUTPUT/best)")
-    add_predict_options(p)
-    p.add_argument("--task", required=True, help="task name, e.g. SST-2, MNLI-mm, BoolQ")
-    p.add_argument("--data-dir", dest="data_dir", default=".", help="the task's directory or a data root")
-    p.add_argument("--split", choices=("dev", "test"), default="dev")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=32, help="rows per batch (default 32)")
-    p.add_argument("--tokenizer", default=None, help="vocabulary file or directory (default: the model's)")
-    p.add_argument("--output-dir", dest="output_dir", default=None,
-                   help="write the leaderboard file here (default: none written)")
-    p.add_argument("--skip-bad-rows", dest="skip_bad_rows", action="store_true")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-
-
-def add_predict_options(p: Any) -> None:
-    """The options `run_finetune.py --only_inference` shares with `bort predict`."""
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32; bf16 (torch); int8 (torchao dynamic on torch, ONNX Runtime dynamic on onnxruntime)")
-    p.add_argument("--backend", choices=BACKENDS, default="torch")
-    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="CPU threads (default 2)")
-
-
+# --- reporting (`bort predict`, `run_finetune.py --only_inference`) ----------------------------------------
 def report(summary: dict[str, Any]) -> None:
     """The truncation notice on stderr, then the summary as one JSON line (without the predictions)."""
     if summary["truncated"]:
@@ -277,12 +252,3 @@ def report(summary: dict[str, Any]) -> None:
         print(f"bort predict: {summary['truncated']} of {summary['examples']} rows were longer than the model's "
               f"{summary['max_positions']} positions and were truncated ({shown}{more})", file=sys.stderr)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("predictions", "truncated_rows")}))
-
-
-def run(args: argparse.Namespace) -> int:
-    summary = predict_task(args.model, args.task, args.data_dir, args.split, precision=args.precision,
-                           backend=args.backend, batch_size=args.batch_size, threads=args.threads,
-                           tokenizer=args.tokenizer, output_dir=args.output_dir, skip_bad_rows=args.skip_bad_rows,
-                           progress=args.progress)
-    report(summary)
-    return 0

@@ -11,11 +11,9 @@ the originals did and pads batches.
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -936,60 +934,3 @@ def train_tokenizer(
         result = BortTokenizer(tok, BPE, specials, roberta_pair_style=roberta_pair_style, lowercase=lowercase)
     result.save(output_dir)
     return result
-
-
-# =================================================================================================== CLI glue
-def add_train_tokenizer_args(parser: argparse.ArgumentParser) -> None:
-    """Flags of `bort train-tokenizer`."""
-    parser.add_argument("files", nargs="+", help="text files to learn from, one text a line (globs allowed)")
-    parser.add_argument("--kind", choices=KINDS, default=BPE,
-                        help="wordpiece (BERT) or byte-level bpe (RoBERTa/Bort); default: %(default)s")
-    parser.add_argument("--vocab-size", type=int, default=None,
-                        help="vocabulary size incl. special tokens (default: 30522 wordpiece, 50265 bpe)")
-    parser.add_argument("--output-dir", required=True, help="where tokenizer.json and the vocab files go")
-    parser.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
-                        help="lowercase text first (default: yes for wordpiece, no for bpe, as BERT/RoBERTa)")
-    parser.add_argument("--min-frequency", type=int, default=2, help="minimum pair/word count to merge")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run_train_tokenizer(args: argparse.Namespace) -> int:
-    """Run `bort train-tokenizer`; returns the exit status."""
-    vocab_size = args.vocab_size or (30522 if args.kind == WORDPIECE else 50265)
-    lowercase = args.lowercase if args.lowercase is not None else args.kind == WORDPIECE
-    try:
-        tok = train_tokenizer(args.files, args.kind, vocab_size, args.output_dir, lowercase=lowercase,
-                              min_frequency=args.min_frequency, show_progress=not args.quiet)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"trained {tok.kind} tokenizer with {tok.vocab_size} tokens -> {args.output_dir}")
-    return 0
-
-
-def add_tokenize_args(parser: argparse.ArgumentParser) -> None:
-    """Flags of `bort tokenize`."""
-    parser.add_argument("text", nargs="*", help="texts to encode (none: read lines from stdin)")
-    parser.add_argument("--vocab", required=True, help="vocab.txt, vocab.json, GluonNLP JSON, tokenizer.json or dir")
-    parser.add_argument("--merges", default=None, help="BPE merges file when not beside the vocabulary")
-    parser.add_argument("--pair", default=None, help="second segment, encoded with each text")
-    parser.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens")
-    parser.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
-                        help="override lowercasing (default: inferred)")
-    parser.add_argument("--roberta-pair-style", action="store_true", help="<s> A </s></s> B </s> for pairs")
-    parser.add_argument("--tokens", action="store_true", help="print tokens instead of ids")
-
-
-def run_tokenize(args: argparse.Namespace) -> int:
-    """Run `bort tokenize`: print one line of ids (or tokens) per text; returns the exit status."""
-    try:
-        tok = load_tokenizer(args.vocab, args.lowercase, merges=args.merges,
-                             roberta_pair_style=args.roberta_pair_style or None)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    texts = args.text or [line.rstrip("\n") for line in sys.stdin]
-    for text in texts:
-        enc = tok.encode(text, pair=args.pair, max_length=args.max_length)
-        print(" ".join(enc.tokens) if args.tokens else " ".join(map(str, enc.ids)))
-    return 0

@@ -187,8 +187,8 @@ def test_bad_parameters_are_rejected():
     from bort.config import BortConfig
     config = BortConfig.preset("bert-base", num_hidden_layers=1, hidden_size=32, num_attention_heads=4,
                                intermediate_size=32, attention="yoso", attention_params={"hashes": 4})
-    with pytest.raises(ValueError, match="valid: backward, backward_hashes, conv_window, exact_backward, hash_code_len, "
-                                         "hashing, num_hash"):
+    with pytest.raises(ValueError, match="attention 'yoso': unknown attention_params hashes; valid parameters: backward, "
+                                         "backward_hashes, conv_window, exact_backward, hash_code_len, hashing, num_hash"):
         get_attention("yoso")(config, 0)
 
 

@@ -478,11 +478,12 @@ def test_clear_errors_for_unknown_mechanisms_and_parameters():
     with pytest.raises(ValueError, match="unknown attention_params tau; valid parameters: eval_mask, init_keep, "
                                          "init_std, max_length, penalty, per_layer, temperature"):
         BortModel(tiny_config("dam_s", tau=1.0))
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="attention 'dam_u': attention_params temperature=0 must be > 0"):
         BortModel(tiny_config("dam_u", temperature=0))
-    with pytest.raises(ValueError, match="per_layer must be true or false"):
+    with pytest.raises(ValueError, match="attention 'dam_u': attention_params per_layer='yes' must be true or false"):
         BortModel(tiny_config("dam_u", per_layer="yes"))
-    with pytest.raises(ValueError, match="impl 'flex' is not one of masked, block_sparse"):
+    with pytest.raises(ValueError, match="attention 'fixed_mask': attention_params impl='flex' is not one of the valid "
+                                         "values: masked, block_sparse"):
         BortModel(tiny_config("fixed_mask", impl="flex"))
     with pytest.raises(ValueError, match="unknown attention_params window; valid parameters: block_size, impl, "
                                          "length, per_layer"):
@@ -694,11 +695,13 @@ def test_eval_sample_draws_a_fresh_mask_each_pass_argmax_does_not(kind, recorded
 def test_bad_penalty_and_eval_mask_values_list_the_valid_ones():
     from bort.config import ConfigError
 
-    with pytest.raises(ConfigError, match="attention 'dam_s': penalty 'l1' is not one of sum, mean"):
+    with pytest.raises(ConfigError, match="attention 'dam_s': attention_params penalty='l1' is not one of the valid values: "
+                                          "sum, mean"):
         BortModel(tiny_config("dam_s", penalty="l1"))
-    with pytest.raises(ConfigError, match="attention 'dam_u': eval_mask 'hard' is not one of argmax, sample"):
+    with pytest.raises(ConfigError, match="attention 'dam_u': attention_params eval_mask='hard' is not one of the valid "
+                                          "values: argmax, sample"):
         BortModel(tiny_config("dam_u", eval_mask="hard"))
-    with pytest.raises(ConfigError, match="penalty 1 is not one of sum, mean"):
+    with pytest.raises(ConfigError, match="penalty=1 is not one of the valid values: sum, mean"):
         BortModel(tiny_config("dam_u", penalty=1))
 
 

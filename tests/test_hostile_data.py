@@ -17,7 +17,8 @@ import pytest
 
 from bort.data.instance_format import FORMAT, FORMAT_VERSION, encode_header, encode_instance
 from bort.data.instances import InstanceSettings
-from bort.data.pretraining import create_pretraining_data, main as create_main
+from bort.data.cli import main as create_main
+from bort.data.pretraining import create_pretraining_data
 from bort.data.pretraining_dataset import PretrainingDataError, PretrainingDataset, PretrainingShard, collate
 from bort.data.recordio import MAGIC, RecordIOError, RecordIOReader, RecordIOWriter
 from bort.data.tasks import TaskDataError, get_task

@@ -375,6 +375,6 @@ def test_cli_generates_and_trains_pathfinder(tmp_path: Path, capsys) -> None:
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["task"] == "pathfinder32" and summary["steps"] == 3
     results = json.loads((out / "results.json").read_text())
-    assert results["sizes"] == {"train": 32, "dev": 4, "test": 4} and (out / "best" / "lra_config.json").is_file()
+    assert results["sizes"] == {"train": 32, "dev": 4, "test": 4} and (out / "best" / "config.json").is_file()
     assert main(["lra", "pathfinder32", "--data", str(tmp_path / "absent")]) == 2
     assert "data not found" in capsys.readouterr().err

@@ -3,6 +3,7 @@ and their layouts (header TSV, aclImdb, LRA's AAN files), bad input, the dual en
 reference, and tiny end-to-end runs through the runner and the CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -489,10 +490,11 @@ def test_saved_model_keeps_the_recipe_options_and_names_a_bad_value(tmp_path: Pa
     assert (loaded.pooling, loaded.ffn_dropout, values["ffn_dropout"]) == ("mean_padded", 0.1, 0.1)
     ids = torch.randint(1, 20, (1, 9))
     assert torch.equal(loaded.encode(ids)[1], model.eval().encode(ids)[1])
-    path = tmp_path / "m" / "lra_config.json"
-    values["ffn_dropout"] = "lots"
-    path.write_text(json.dumps(values), encoding="utf-8")
-    with pytest.raises(CheckpointError, match=r"lra_config\.json: ffn_dropout must be a probability .*'lots'"):
+    path = tmp_path / "m" / "config.json"
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    saved["lra"]["ffn_dropout"] = "lots"
+    path.write_text(json.dumps(saved), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"config\.json: ffn_dropout must be a probability .*'lots'"):
         load_lra_model(tmp_path / "m")
 
 
@@ -580,3 +582,12 @@ def test_bench_merge_keeps_earlier_rows_and_refuses_other_data() -> None:
     assert [run["rows"] for run in again["runs"]] == [["dense", "yoso"], ["dense [paper]"]]
     with pytest.raises(ValueError, match="cannot merge: the earlier results have sizes"):
         lra_listops.merge(before, {**new, "sizes": {"train": 2}})
+
+
+def test_every_task_has_one_reader() -> None:
+    from bort.lra.data import READERS
+    from bort.lra.tasks import TASKS
+
+    assert list(READERS) == list(TASKS)
+    with pytest.raises(ValueError, match="'nope' has no data reader; readers exist for listops, text"):
+        load_splits(dataclasses.replace(get_task("listops"), name="nope"), "x")

@@ -18,7 +18,8 @@ import pytest
 from bort.data.instance_format import vocab_hash
 from bort.data.instances import InstanceSettings
 from bort.data.npz_shards import NPZ_KEYS, NpzShard, rec_to_npz
-from bort.data.pretraining import create_pretraining_data, main as create_main
+from bort.data.cli import main as create_main
+from bort.data.pretraining import create_pretraining_data
 from bort.data.pretraining_dataset import PretrainingDataError, PretrainingDataset, PretrainingShard, collate
 from bort.tokenization import load_tokenizer
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bort.data import pretraining
+from bort.cli import script_parser
+from bort.data import cli as data_cli
 from bort.data.tasks import get_task
 from bort.distill import cli as distill_cli
 from bort.finetune import cli as finetune_cli
@@ -45,9 +46,7 @@ def _original_flags(relative: str) -> list[str]:
 
 
 def _parser(add_args) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser()
-    add_args(parser)
-    return parser
+    return script_parser(None, None, add_args)  # with the conventions every command's parser gets
 
 
 # One value a user of the original might give each flag that takes one (the original's own defaults or its
@@ -88,7 +87,7 @@ def _parses_each_flag(parser: argparse.ArgumentParser, flags: list[str], base: l
 def test_create_pretraining_data_accepts_all_13_original_flags():
     flags = _original_flags("create_pretraining_data.py")
     assert len(flags) == 13
-    args = _parses_each_flag(_parser(pretraining.add_args), flags, ["--input_file", "a", "--output_dir", "b"])
+    args = _parses_each_flag(_parser(data_cli.add_args), flags, ["--input_file", "a", "--output_dir", "b"])
     assert (args.max_seq_length, args.dupe_factor, args.num_outputs, args.whole_word_mask) == (128, 2, 2, True)
 
 

@@ -13,8 +13,9 @@ import torch
 from bort.data import chunk_worker
 from bort.data.instance_format import decode_instance, encode_instance, vocab_hash
 from bort.data.instances import InstanceSettings
+from bort.data.cli import main
 from bort.data.pretraining import (PretrainingDataError, PretrainingDataset, PretrainingShard, collate,
-                                   create_pretraining_data, main)
+                                   create_pretraining_data)
 from bort.data.recordio import RecordIOError
 from bort.data.text_chunks import iter_chunks, split_documents
 from bort.tokenization import load_tokenizer

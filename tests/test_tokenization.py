@@ -20,13 +20,10 @@ from bort.tokenization import (
     BPE,
     WORDPIECE,
     BortTokenizer,
-    add_tokenize_args,
-    add_train_tokenizer_args,
     load_tokenizer,
-    run_tokenize,
-    run_train_tokenizer,
     train_tokenizer,
 )
+from bort.cli import add_tokenize_args, add_train_tokenizer_args, run_tokenize, run_train_tokenizer
 from conftest import REPO, shared_path
 
 SAMPLE_TEXT = REPO / "test_data" / "sample_text.txt"

@@ -1,9 +1,18 @@
-"""Attention mechanisms behind one interface, selected by name (see `registry`)."""
-from . import dense  # noqa: F401  (registers "dense")
-from . import dam  # noqa: F401  (registers "dam_s" and "dam_u")
-from . import fixed_mask  # noqa: F401  (registers "fixed_mask", the exported DAM mask)
-from . import masked  # noqa: F401  (registers the fixed sparse patterns: strided, fixed, longformer, …)
-from . import yoso  # noqa: F401  (registers "yoso" and "yoso_e")
-from .registry import available_attention, get_attention, register_attention
+"""Attention mechanisms behind one interface, selected by name (see `registry`).
+
+Importing this package imports no mechanism (and so no torch): `names` lists the built-ins, and the registry
+imports a mechanism's module the first time it is asked for (`get_attention`), so that validating a config
+stays light.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = ["available_attention", "get_attention", "register_attention"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module(f"{__name__}.registry"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

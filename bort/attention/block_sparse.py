@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .group_pool import map_groups
+from .registry import is_integer
 
 __all__ = ["BlockSparsePlan", "block_sparse_attention"]
 
@@ -227,7 +228,7 @@ def _bias(forbid: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _check_block_size(block_size: int, n: int) -> int:
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+    if not is_integer(block_size) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer (e.g. 16, 32, 64, 128), got {block_size!r}")
     if n < 1:
         raise ValueError(f"sequence length must be positive, got {n}")

@@ -15,7 +15,9 @@ the backward the gradient of the soft sample. It enters attention as the origina
 keeps no real key spreads its attention over the dropped keys (they all carry the same bias), as in the
 original, where the hard mask of the argmax eval mode gives that row 0.
 
-The penalty (`mask_penalty`; the trainer adds λ times it to the loss), `attention_params` "penalty":
+The penalty (`DAMMask.penalty`, its `regularization` hook: the trainer adds λ times
+`model.attention_regularization()` to the loss and logs `model.attention_statistics()`'s "mask_density"),
+`attention_params` "penalty":
 - "sum" (default, the original): Σ|M| over every entry of the masks of the forward, sets × heads × n × n
   of them (the original's `torch.norm(mask, p=1)` of its one (heads, 128, 128) mask). λ's strength then
   grows with n²: a λ tuned at n = 128 is 16× stronger at n = 512.
@@ -50,7 +52,7 @@ a few passes over (heads, n, n) arrays, with transposed reads to symmetrise), an
 use the fused kernel, whose mask has no gradient; SparseBERT searched at n = 128. The exported fixed mask
 runs at the speed of masked or block-sparse attention.
 
-`attention_params` (unknown names are an error listing these):
+`attention_params` (`DAMParams`; unknown names are an error listing these):
     max_length   longest sequence the logits cover (default `config.max_position_embeddings`)
     init_keep    initial keep-logit minus drop-logit (default 0.0: each entry kept with probability 1/2)
     init_std     standard deviation of the random initial logits (default 1e-3, as the original)
@@ -61,8 +63,8 @@ runs at the speed of masked or block-sparse attention.
 """
 from __future__ import annotations
 
-import math
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -70,62 +72,59 @@ import torch.nn.functional as F
 
 from ..config import ConfigError
 from .masked import masked_attention
-from .registry import register_attention
+from .registry import AttentionParams, attention_params, param, register_attention
 from .shared_state import SharedStateAttention
 
 KINDS = ("dam_s", "dam_u")
 PENALTIES = ("sum", "mean")
 EVAL_MASKS = ("argmax", "sample")
-PARAMS: dict[str, str] = {
-    "max_length": "longest sequence the logits cover (default: config.max_position_embeddings)",
-    "init_keep": "initial keep-logit minus drop-logit (default 0.0)",
-    "init_std": "standard deviation of the random initial logits (default 1e-3)",
-    "temperature": "Gumbel-softmax temperature (default 1.0)",
-    "per_layer": "one mask per layer instead of one shared by all layers (default false)",
-    "penalty": f"the mask penalty: one of {', '.join(PENALTIES)} (default sum, the original's Σ|M|)",
-    "eval_mask": f"the mask in eval mode: one of {', '.join(EVAL_MASKS)} (default argmax; sample is the original's)",
-}
 MASK_BIAS = -10000.0  # the original's additive bias for a dropped entry
 
 
 MAX_MASK_LOGITS = 1 << 28  # 1 GiB of float32 logits (plus as much again for their gradient and Adam's moments)
 
 
-def dam_params(config: Any, kind: str) -> dict[str, Any]:
-    """The validated DAM parameters of `config.attention_params`, defaults filled in."""
-    given = dict(getattr(config, "attention_params", None) or {})
-    unknown = sorted(set(given) - set(PARAMS))
-    if unknown:
-        raise ConfigError(f"attention {kind!r}: unknown attention_params {', '.join(unknown)}; "
-                          f"valid parameters: {', '.join(sorted(PARAMS))}")
-    p = {"max_length": int(config.max_position_embeddings), "init_keep": 0.0, "init_std": 1e-3,
-         "temperature": 1.0, "per_layer": False, "penalty": "sum", "eval_mask": "argmax", **given}
-    if not isinstance(p["max_length"], int) or isinstance(p["max_length"], bool) or p["max_length"] <= 0:
-        raise ConfigError(f"attention {kind!r}: max_length must be a positive integer, got {p['max_length']!r}")
-    for name in ("init_keep", "init_std", "temperature"):
-        value = p[name]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise ConfigError(f"attention {kind!r}: {name} must be a finite number, got {value!r}")
-    if p["temperature"] <= 0:
-        raise ConfigError(f"attention {kind!r}: temperature must be > 0, got {p['temperature']!r}")
-    if p["init_std"] < 0:
-        raise ConfigError(f"attention {kind!r}: init_std must be >= 0, got {p['init_std']!r}")
-    if not isinstance(p["per_layer"], bool):
-        raise ConfigError(f"attention {kind!r}: per_layer must be true or false, got {p['per_layer']!r}")
-    for name, valid in (("penalty", PENALTIES), ("eval_mask", EVAL_MASKS)):
-        if not isinstance(p[name], str) or p[name] not in valid:
-            raise ConfigError(f"attention {kind!r}: {name} {p[name]!r} is not one of {', '.join(valid)}")
-    # Checked before the logits are allocated: dam_u's grow with max_length², so a large max_length (or the
-    # default max_position_embeddings of a long-input config) would otherwise die in the allocator.
-    sets = int(config.num_hidden_layers) if p["per_layer"] else 1
-    entries = sets * int(config.num_attention_heads) * p["max_length"] * (p["max_length"] if kind == "dam_u" else 1) * 2
-    if entries > MAX_MASK_LOGITS:
-        raise ConfigError(f"attention {kind!r}: max_length {p['max_length']} needs {entries:,} mask logits "
-                          f"({sets} set(s) × {config.num_attention_heads} heads × {p['max_length']}"
-                          f"{' × ' + str(p['max_length']) if kind == 'dam_u' else ''} × 2), more than the "
-                          f"{MAX_MASK_LOGITS:,} allowed; set attention_params max_length to the longest sequence "
-                          "the model will see" + (" (or use dam_s, one logit pair per offset)" if kind == "dam_u" else ""))
-    return p
+@dataclass(frozen=True)
+class DAMParams(AttentionParams):
+    """The `attention_params` of dam_s and dam_u (see the module docstring)."""
+
+    max_length: int | None = param(None, "longest sequence the logits cover (default: config.max_position_embeddings)",
+                                   minimum=1)
+    init_keep: float = param(0.0, "initial keep-logit minus drop-logit (default 0.0)")
+    init_std: float = param(1e-3, "standard deviation of the random initial logits (default 1e-3)", minimum=0.0)
+    temperature: float = param(1.0, "Gumbel-softmax temperature (default 1.0)", above=0.0)
+    per_layer: bool = param(False, "one mask per layer instead of one shared by all layers (default false)")
+    penalty: str = param("sum", "the mask penalty (default sum, the original's Σ|M|)", choices=PENALTIES)
+    eval_mask: str = param("argmax", "the mask in eval mode (default argmax; sample is the original's)",
+                           choices=EVAL_MASKS)
+
+    kind: ClassVar[str] = ""
+
+    def resolve(self, config: Any) -> "DAMParams":
+        """max_length from the config when not given, and the logits' size checked before they are allocated:
+        dam_u's grow with max_length², so a large max_length (or the default max_position_embeddings of a
+        long-input config) would otherwise die in the allocator."""
+        length = int(config.max_position_embeddings) if self.max_length is None else self.max_length
+        sets = int(config.num_hidden_layers) if self.per_layer else 1
+        pairs = self.kind == "dam_u"
+        entries = sets * int(config.num_attention_heads) * length * (length if pairs else 1) * 2
+        if entries > MAX_MASK_LOGITS:
+            raise ConfigError(f"max_length {length} needs {entries:,} mask logits ({sets} set(s) × "
+                              f"{config.num_attention_heads} heads × {length}{' × ' + str(length) if pairs else ''}"
+                              f" × 2), more than the {MAX_MASK_LOGITS:,} allowed; set attention_params max_length "
+                              "to the longest sequence the model will see"
+                              + (" (or use dam_s, one logit pair per offset)" if pairs else ""))
+        return replace(self, max_length=length)
+
+
+@dataclass(frozen=True)
+class DAMSParams(DAMParams):
+    kind: ClassVar[str] = "dam_s"
+
+
+@dataclass(frozen=True)
+class DAMUParams(DAMParams):
+    kind: ClassVar[str] = "dam_u"
 
 
 def sample_logistic(like: torch.Tensor) -> torch.Tensor:
@@ -212,18 +211,18 @@ class DAMMask(nn.Module):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown DAM kind {kind!r}; expected one of {', '.join(KINDS)}")
-        p = dam_params(config, kind)
+        p: DAMParams = attention_params(kind, config)
         self.kind = kind
-        self.max_length: int = p["max_length"]
-        self.temperature = float(p["temperature"])
-        self.per_layer: bool = p["per_layer"]
-        self.penalty_mode: str = p["penalty"]
-        self.eval_mask: str = p["eval_mask"]
+        self.max_length: int = p.max_length
+        self.temperature = float(p.temperature)
+        self.per_layer: bool = p.per_layer
+        self.penalty_mode: str = p.penalty
+        self.eval_mask: str = p.eval_mask
         self.num_sets = int(config.num_hidden_layers) if self.per_layer else 1
         heads, length = int(config.num_attention_heads), self.max_length
         shape = (self.num_sets, heads, length, 2) if kind == "dam_s" else (self.num_sets, heads, length, length, 2)
-        logits = torch.randn(shape) * float(p["init_std"])
-        logits[..., 0] += float(p["init_keep"])
+        logits = torch.randn(shape) * float(p.init_std)
+        logits[..., 0] += float(p.init_keep)
         self.logits = nn.Parameter(logits)
         self._current: dict[int, torch.Tensor] = {}
 
@@ -322,6 +321,15 @@ class DAMMask(nn.Module):
         kept = sum(float((m > 0.5).sum()) for m in masks)
         return kept / sum(m.numel() for m in masks)
 
+    # --- the attention hooks (see `registry`): what the model reports to any trainer ------------------------
+    def regularization(self) -> torch.Tensor:
+        """The penalty, which the trainer adds λ times to the loss (`BortPreTrainedModel.attention_regularization`)."""
+        return self.penalty()
+
+    def statistics(self) -> dict[str, float]:
+        """Logged with the training loss (`BortPreTrainedModel.attention_statistics`)."""
+        return {"mask_density": self.density()}
+
     def export(self, length: int | None = None) -> torch.Tensor:
         """The deterministic mask at `length` (default max_length): bool (heads, n, n), or (layers, heads,
         n, n) with per_layer."""
@@ -378,7 +386,7 @@ class DAMAttention(SharedStateAttention):
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
         super().__init__()
-        dam_params(config, self.kind)  # a misspelt parameter fails when the model is built
+        attention_params(self.kind, config)  # a misspelt parameter fails when the model is built
         self.layer_idx = int(layer_idx)
         self.dropout = float(config.attention_probs_dropout_prob)
 
@@ -398,14 +406,14 @@ class DAMAttention(SharedStateAttention):
         return biased_attention(q, k, v, bias, key_padding_mask, p, need_weights)
 
 
-@register_attention("dam_s")
+@register_attention("dam_s", params=DAMSParams)
 class DAMSAttention(DAMAttention):
     """DAM_s: a learned mask per head and relative offset |i − j| (SparseBERT's released variant)."""
 
     kind = "dam_s"
 
 
-@register_attention("dam_u")
+@register_attention("dam_u", params=DAMUParams)
 class DAMUAttention(DAMAttention):
     """DAM_u: a learned symmetric mask per head and position pair."""
 

@@ -12,7 +12,7 @@ error (it is an encoder parameter like any other).
 Shorter inputs use the top-left n × n crop of the stored mask (positions are absolute: query i and key j keep
 their relation whatever n is); longer inputs are an error.
 
-`attention_params` (unknown names are an error listing these):
+`attention_params` (`FixedMaskParams`; unknown names are an error listing these):
     impl        "masked" (dense scores, masked softmax: the exact reference) or "block_sparse" (only the
                 tiles with an allowed entry are computed; `block_sparse.block_sparse_attention`)
     length      n of the stored mask (default `config.max_position_embeddings`)
@@ -24,51 +24,43 @@ materialises the probabilities.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 
-from ..config import ConfigError
 from .masked import masked_attention
-from .registry import register_attention
+from .registry import AttentionParams, attention_params, param, register_attention
 from .shared_state import SharedStateAttention
 
 IMPLS = ("masked", "block_sparse")
-PARAMS: dict[str, str] = {
-    "impl": f"execution: one of {', '.join(IMPLS)} (default masked)",
-    "length": "n of the stored (n, n) mask (default: config.max_position_embeddings)",
-    "per_layer": "one mask per layer instead of one for all layers (default false)",
-    "block_size": "tile size of the block-sparse execution (default 64)",
-}
 
 
-def fixed_mask_params(config: Any) -> dict[str, Any]:
-    """The validated parameters of a "fixed_mask" config, defaults filled in."""
-    given = dict(getattr(config, "attention_params", None) or {})
+def _nothing_to_learn(name: str, why: str) -> str:
+    return (f"a fixed mask has nothing to learn ({why}, and a fixed mask is a stored 0/1 buffer with none); "
+            f"remove {name}, or search with attention dam_s/dam_u before `bort mask export`")
+
+
+@dataclass(frozen=True)
+class FixedMaskParams(AttentionParams):
+    """The `attention_params` of "fixed_mask" (see the module docstring)."""
+
+    impl: str = param("masked", "execution (default masked)", choices=IMPLS)
+    length: int | None = param(None, "n of the stored (n, n) mask (default: config.max_position_embeddings)",
+                               minimum=1)
+    per_layer: bool = param(False, "one mask per layer instead of one for all layers (default false)")
+    block_size: int = param(64, "tile size of the block-sparse execution (default 64)", minimum=1)
+
     # The DAM search's options, given to its exported mask (a config edited from dam_s/dam_u to fixed_mask):
     # refused with the reason rather than as a mere unknown name.
-    for name, why in (("penalty", "the mask penalty λ·Σ|M| (sum or mean) trains DAM mask logits"),
-                      ("eval_mask", "eval-mode sampling draws from DAM mask logits")):
-        if name in given:
-            raise ConfigError(f"attention 'fixed_mask': {name}={given[name]!r} has nothing to act on: a fixed mask "
-                              f"has nothing to learn ({why}, and a fixed mask is a stored 0/1 buffer with none); "
-                              f"remove {name}, or search with attention dam_s/dam_u before `bort mask export`")
-    unknown = sorted(set(given) - set(PARAMS))
-    if unknown:
-        raise ValueError(f"attention 'fixed_mask': unknown attention_params {', '.join(unknown)}; "
-                         f"valid parameters: {', '.join(sorted(PARAMS))}")
-    p = {"impl": "masked", "length": int(config.max_position_embeddings), "per_layer": False, "block_size": 64,
-         **given}
-    if p["impl"] not in IMPLS:
-        raise ValueError(f"attention 'fixed_mask': impl {p['impl']!r} is not one of {', '.join(IMPLS)}")
-    for name in ("length", "block_size"):
-        value = p[name]
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"attention 'fixed_mask': {name} must be a positive integer, got {value!r}")
-    if not isinstance(p["per_layer"], bool):
-        raise ValueError(f"attention 'fixed_mask': per_layer must be true or false, got {p['per_layer']!r}")
-    return p
+    refused: ClassVar[dict[str, str]] = {
+        "penalty": _nothing_to_learn("penalty", "the mask penalty λ·Σ|M| (sum or mean) trains DAM mask logits"),
+        "eval_mask": _nothing_to_learn("eval_mask", "eval-mode sampling draws from DAM mask logits"),
+    }
+
+    def resolve(self, config: Any) -> "FixedMaskParams":
+        return self if self.length is not None else replace(self, length=int(config.max_position_embeddings))
 
 
 class StoredMask(nn.Module):
@@ -76,9 +68,9 @@ class StoredMask(nn.Module):
 
     def __init__(self, config: Any) -> None:
         super().__init__()
-        p = fixed_mask_params(config)
-        self.length: int = p["length"]
-        self.per_layer: bool = p["per_layer"]
+        p: FixedMaskParams = attention_params("fixed_mask", config)
+        self.length: int = p.length
+        self.per_layer: bool = p.per_layer
         sets = int(config.num_hidden_layers) if self.per_layer else 1
         heads = int(config.num_attention_heads)
         self.register_buffer("mask", torch.ones(sets, heads, self.length, self.length, dtype=torch.bool))
@@ -121,7 +113,7 @@ class StoredMask(nn.Module):
             self.mask.copy_(mask)
 
 
-@register_attention("fixed_mask")
+@register_attention("fixed_mask", params=FixedMaskParams)
 class FixedMaskAttention(SharedStateAttention):
     """Softmax attention restricted to the encoder's stored per-head mask and to the key padding mask."""
 
@@ -134,9 +126,9 @@ class FixedMaskAttention(SharedStateAttention):
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
         super().__init__()
-        p = fixed_mask_params(config)
-        self.impl: str = p["impl"]
-        self.block_size: int = p["block_size"]
+        p: FixedMaskParams = attention_params("fixed_mask", config)
+        self.impl: str = p.impl
+        self.block_size: int = p.block_size
         self.layer_idx = int(layer_idx)
         self.dropout = float(config.attention_probs_dropout_prob)
 

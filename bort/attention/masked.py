@@ -19,13 +19,15 @@ probabilities, an n × n tensor in any case) always uses the dense-masked path.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, make_dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import flex, patterns
 from .block_sparse import BlockSparsePlan, block_sparse_attention
-from .registry import register_attention
+from .registry import AttentionParams, attention_params, param, register_attention
 
 IMPLS = ("masked", "block_sparse", "flex", "auto")
 # Execution parameters accepted in attention_params besides the pattern's own.
@@ -85,30 +87,16 @@ class PatternAttention(nn.Module):
         super().__init__()
         self.dropout = float(config.attention_probs_dropout_prob)
         self.num_heads = int(config.num_attention_heads)
-        params = dict(getattr(config, "attention_params", None) or {})
-        self.impl = params.pop("impl", "masked")
-        self.block_size = params.pop("block_size", None)
-        self.params = params
-        # Fail at build time on a misspelt parameter; values are checked against each input length, since
-        # n varies between batches and a window or block that fits one length may not fit another.
-        self._check_names()
+        # Names and types fail at build time; values are checked against each input length, since n varies
+        # between batches and a window or block that fits one length may not fit another.
+        p = attention_params(self.pattern, config)
+        self.impl: str = p.impl
+        self.block_size: int | None = p.block_size
+        given = getattr(config, "attention_params", None) or {}
+        self.params = {k: v for k, v in given.items() if k not in EXEC_PARAMS}
         self._cache: dict[tuple[int, torch.device], torch.Tensor] = {}
         self._plans: dict[tuple[int, torch.device], BlockSparsePlan] = {}
         self._flex_masks: dict[tuple[int, torch.device], object] = {}
-
-    def _check_names(self) -> None:
-        valid = set(patterns.PATTERNS[self.pattern].params) | {"block"}
-        unknown = sorted(set(self.params) - valid)
-        if unknown:
-            raise ValueError(f"attention {self.pattern!r}: unknown attention_params {', '.join(unknown)}; "
-                             f"valid parameters: {', '.join(sorted(valid | set(EXEC_PARAMS)))}")
-        if self.impl not in IMPLS:
-            raise ValueError(f"attention {self.pattern!r}: attention_params impl={self.impl!r} is not an "
-                             f"execution; valid values: {', '.join(IMPLS)}")
-        if self.block_size is not None and (isinstance(self.block_size, bool) or not isinstance(self.block_size, int)
-                                            or self.block_size < 1):
-            raise ValueError(f"attention {self.pattern!r}: attention_params block_size={self.block_size!r}; "
-                             "valid values: a positive integer (e.g. 32, 64, 128)")
 
     def _tile(self, default: int) -> int:
         if self.block_size is not None:
@@ -179,12 +167,36 @@ class PatternAttention(nn.Module):
         return masked_attention(q, k, v, allowed, dropout_p=p, need_weights=need_weights)
 
 
+@dataclass(frozen=True)
+class PatternParams(AttentionParams):
+    """The execution parameters every pattern takes; `_schema` adds the pattern's own."""
+
+    impl: str = param("masked", "execution (default masked; see the module docstring)", choices=IMPLS)
+    block_size: int | None = param(None, "tile size of block_sparse and flex, e.g. 32, 64, 128 (default: the "
+                                         "pattern's block when > 1, else 64 for block_sparse, 128 for flex)",
+                                   minimum=1)
+    block: int = param(None, patterns.COMMON_PARAMS["block"])
+
+
+def _schema(pattern: patterns.Pattern) -> type[PatternParams]:
+    """The parameter schema of one pattern: its own parameters (default None: the pattern's default at the
+    input length, checked against each length by `patterns.resolve_params`) and the execution's."""
+    fields = []
+    for key, help in pattern.params.items():
+        if key == "global_blocks":
+            fields.append((key, str, param(None, help, choices=patterns.GLOBAL_BLOCKS)))
+        else:
+            fields.append((key, int, param(None, help)))
+    return make_dataclass(f"{pattern.name.capitalize()}Params", fields, bases=(PatternParams,), frozen=True,
+                          namespace={"__module__": __name__})
+
+
 def _make(name: str) -> type[PatternAttention]:
     """A registered subclass of `PatternAttention` for one pattern name."""
     cls = type(f"{name.capitalize()}Attention", (PatternAttention,),
                {"pattern": name, "__doc__": f"Dense-masked {name!r} pattern attention (see `patterns`).",
                 "__module__": __name__})
-    return register_attention(name)(cls)
+    return register_attention(name, params=_schema(patterns.PATTERNS[name]))(cls)
 
 
 MECHANISMS: dict[str, type[PatternAttention]] = {name: _make(name) for name in patterns.PATTERNS}

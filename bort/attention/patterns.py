@@ -32,6 +32,8 @@ from typing import Any, Callable
 
 import torch
 
+from .registry import is_integer
+
 Params = dict[str, Any]
 
 
@@ -155,7 +157,7 @@ PATTERNS: dict[str, Pattern] = {
          "num_global": "relay tokens attending and attended everywhere; 0..n; default 1"}),
 }
 
-_COMMON = {"block": "granularity: build on n/block positions and expand each to a block x block tile; "
+COMMON_PARAMS = {"block": "granularity: build on n/block positions and expand each to a block x block tile; "
                     "must divide n; default 1"}
 
 
@@ -167,7 +169,7 @@ def _get(name: str) -> Pattern:
 
 
 def _int(name: str, key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_integer(value):
         raise ValueError(f"pattern {name!r}: parameter {key} must be an integer, got {value!r}")
     return value
 
@@ -187,7 +189,7 @@ def resolve_params(name: str, seq_len: int, **params: Any) -> Params:
     n = _int(name, "seq_len", seq_len)
     if n <= 0:
         raise ValueError(f"pattern {name!r}: seq_len must be positive, got {n}")
-    valid = {**pattern.params, **_COMMON}
+    valid = {**pattern.params, **COMMON_PARAMS}
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise ValueError(f"pattern {name!r}: unknown parameter(s) {', '.join(unknown)}; "
@@ -233,7 +235,7 @@ def mask(name: str, seq_len: int, **params: Any) -> torch.Tensor:
 def head_masks(name: str, seq_len: int, num_heads: int = 1, **params: Any) -> torch.Tensor:
     """Bool (heads, n, n): one mask per head. Only random patterns differ by head (head h uses seed + h,
     as BigBird draws its random blocks per head); the others are one mask expanded without a copy."""
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+    if not is_integer(num_heads) or num_heads < 1:
         raise ValueError(f"num_heads must be a positive integer, got {num_heads!r}")
     if not _get(name).random:
         return mask(name, seq_len, **params).expand(num_heads, seq_len, seq_len)
@@ -245,7 +247,7 @@ def block_layout(name: str, seq_len: int, block_size: int, num_heads: int = 1, *
     """Bool (heads, n_blocks, n_blocks): True where a block_size × block_size tile of the element mask has
     any allowed entry. Expanded back it covers the element mask; a block-sparse kernel computes the True
     tiles and applies the element mask inside them. `block_size` must divide seq_len."""
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1 or seq_len % block_size:
+    if not is_integer(block_size) or block_size < 1 or seq_len % block_size:
         divisors = [b for b in range(1, seq_len + 1) if seq_len % b == 0] if isinstance(seq_len, int) else []
         raise ValueError(f"block_size {block_size!r} does not divide seq_len {seq_len}; "
                          f"valid values: {', '.join(map(str, divisors))}")
@@ -266,6 +268,6 @@ def describe() -> str:
     """One line per pattern with its parameters, for error messages and `--help` text."""
     lines = []
     for p in PATTERNS.values():
-        params = "; ".join(f"{k}: {v}" for k, v in {**p.params, **_COMMON}.items())
+        params = "; ".join(f"{k}: {v}" for k, v in {**p.params, **COMMON_PARAMS}.items())
         lines.append(f"{p.name}: {params}")
     return "\n".join(lines)

@@ -25,7 +25,8 @@ query and hash (see bench/yoso.py for measured times against dense attention).
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 
 from .collision_prob import CollisionProb, collision_prob
 from .hashing import HASHING_METHODS, pack_bits
-from .registry import register_attention
+from .registry import AttentionParams, attention_params, is_integer, param, register_attention
 from .yoso_lsh import BACKWARDS, EXPECTATION_BACKWARDS, LSHAttention
 
 __all__ = ["yoso_e", "yoso_e_autograd", "yoso", "hash_codes", "YosoAttention", "YosoEAttention"]
@@ -49,8 +50,7 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: 
     if key_padding_mask is not None and key_padding_mask.shape != (q.shape[0], q.shape[2]):
         raise ValueError(f"key_padding_mask must be (batch, n) = {(q.shape[0], q.shape[2])}, "
                          f"got {tuple(key_padding_mask.shape)}")
-    if not isinstance(hash_code_len, int) or isinstance(hash_code_len, bool) \
-            or not 1 <= hash_code_len <= _MAX_HASH_CODE_LEN:
+    if not is_integer(hash_code_len) or not 1 <= hash_code_len <= _MAX_HASH_CODE_LEN:
         raise ValueError(f"hash_code_len must be an integer in 1..{_MAX_HASH_CODE_LEN} (2^τ buckets), "
                          f"got {hash_code_len!r}")
 
@@ -175,10 +175,9 @@ def yoso(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: to
     there and back). Returns (batch, heads, n, head_dim).
     """
     _check(q, k, v, key_padding_mask, hash_code_len)
-    if not isinstance(num_hash, int) or isinstance(num_hash, bool) or num_hash < 1:
+    if not is_integer(num_hash) or num_hash < 1:
         raise ValueError(f"num_hash must be a positive integer, got {num_hash!r}")
-    if hashing not in HASHING_METHODS:
-        raise ValueError(f"hashing must be one of {', '.join(HASHING_METHODS)}; got {hashing!r}")
+    _check_hashing(hashing)
     backward = _resolve_backward(backward, bool(exact_backward), BACKWARDS)
     _check_backward_hashes(backward_hashes, num_hash, backward)
     if q.device.type != "cpu":
@@ -191,11 +190,15 @@ def yoso(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: to
                               backward, hashing, real, True, backward_hashes)
 
 
+def _check_hashing(hashing: str) -> None:
+    if hashing not in HASHING_METHODS:
+        raise ValueError(f"hashing must be one of {', '.join(HASHING_METHODS)}; got {hashing!r}")
+
+
 def _check_backward_hashes(backward_hashes: int | None, num_hash: int, backward: str) -> None:
     if backward_hashes is None:
         return
-    if not isinstance(backward_hashes, int) or isinstance(backward_hashes, bool) or \
-            not 1 <= backward_hashes <= num_hash:
+    if not is_integer(backward_hashes) or not 1 <= backward_hashes <= num_hash:
         raise ValueError(f"backward_hashes must be None or an integer in 1 … num_hash ({num_hash}), "
                          f"got {backward_hashes!r}")
     if backward != "lsh":
@@ -204,23 +207,53 @@ def _check_backward_hashes(backward_hashes: int | None, num_hash: int, backward:
 
 
 # --- mechanisms ---------------------------------------------------------------------------------------------------
-_PARAMS: dict[str, Any] = {"hash_code_len": 8, "num_hash": 32, "conv_window": None, "exact_backward": False,
-                           "hashing": "simhash", "backward_hashes": None, "backward": None}
+@dataclass(frozen=True)
+class YosoParams(AttentionParams):
+    """The `attention_params` of "yoso" (see `YosoAttention`)."""
+
+    hash_code_len: int = param(8, "τ, bits per hash: 2^τ buckets (default 8; the LRA configs use 11-12 at n ≥ 1000)",
+                               minimum=1, maximum=_MAX_HASH_CODE_LEN)
+    num_hash: int = param(32, "m, hashes averaged (default 32)", minimum=1)
+    conv_window: int | None = param(None, "YOSO-C's depthwise convolution over V, kernel length (default null: "
+                                          "none)", minimum=1)
+    exact_backward: bool = param(False, "true is backward exact (the older spelling; default false)")
+    hashing: str = param("simhash", "the hash family (default simhash; see `hashing`)")
+    backward_hashes: int | None = param(None, "b: the LSH backward reads b of the m hashes (default null: all)",
+                                        minimum=1)
+    backward: str | None = param(None, "the backward rule (default null: lsh, the paper's)")
+
+    expectation: ClassVar[bool] = False
+
+    def resolve(self, config: Any) -> "YosoParams":
+        """The backward rule resolved (from `backward` and `exact_backward`) and checked with the hashing
+        family and backward_hashes: the checks of the functional API, so that both say the same."""
+        backward = _resolve_backward(self.backward, self.exact_backward,
+                                     EXPECTATION_BACKWARDS if self.expectation else BACKWARDS)
+        _check_hashing(self.hashing)
+        if not self.expectation:
+            _check_backward_hashes(self.backward_hashes, self.num_hash, backward)
+        return replace(self, backward=backward)
 
 
-@register_attention("yoso")
+@dataclass(frozen=True)
+class YosoEParams(YosoParams):
+    """The `attention_params` of "yoso_e": those of "yoso"; num_hash and backward_hashes are ignored."""
+
+    expectation: ClassVar[bool] = True
+
+
+@register_attention("yoso", params=YosoParams)
 class YosoAttention(nn.Module):
     """Sampled YOSO behind the registry interface.
 
-    `config.attention_params`: hash_code_len τ (default 8, suited to BERT-length inputs; the LRA configs use
-    11-12 at n ≥ 1000), num_hash m (32), conv_window w (None; an integer adds YOSO-C's depthwise convolution
-    over V along the sequence, one kernel per head, after the output normalisation), backward (None: "lsh",
-    the paper's τ/2 rule; also "lsh_expectation", the reference code's `n2_backward`, "exact" and
-    "exact_colliding", YOSO v2's — see
-    `yoso`; `yoso_e` takes "lsh" or "exact"), exact_backward (False; True is backward "exact"), hashing
-    ("simhash", Gaussian hyperplanes, "hadamard", fast Hadamard rotations, or "fast_hadamard", the paper's
-    fast hash; see `hashing`),
-    backward_hashes (None: all; b: the LSH backward reads b of the m hashes — see `yoso`).
+    `config.attention_params` (`YosoParams`): hash_code_len τ (default 8, suited to BERT-length inputs; the
+    LRA configs use 11-12 at n ≥ 1000), num_hash m (32), conv_window w (None; an integer adds YOSO-C's
+    depthwise convolution over V along the sequence, one kernel per head, after the output normalisation),
+    backward (None: "lsh", the paper's τ/2 rule; also "lsh_expectation", the reference code's `n2_backward`,
+    "exact" and "exact_colliding", YOSO v2's — see `yoso`; `yoso_e` takes "lsh" or "exact"), exact_backward
+    (False; True is backward "exact"), hashing ("simhash", Gaussian hyperplanes, "hadamard", fast Hadamard
+    rotations, or "fast_hadamard", the paper's fast hash; see `hashing`), backward_hashes (None: all; b: the
+    LSH backward reads b of the m hashes — see `yoso`).
     `need_weights=True` returns the expected weights E (not probabilities: rows are not normalised).
     """
 
@@ -228,37 +261,19 @@ class YosoAttention(nn.Module):
 
     def __init__(self, config, layer_idx: int = 0) -> None:
         super().__init__()
-        params = dict(getattr(config, "attention_params", None) or {})
-        unknown = sorted(set(params) - set(_PARAMS))
-        if unknown:
-            raise ValueError(f"unknown YOSO attention parameter(s) {', '.join(unknown)}; "
-                             f"valid: {', '.join(sorted(_PARAMS))}")
-        params = {**_PARAMS, **params}
-        self.hash_code_len = params["hash_code_len"]
-        self.num_hash = params["num_hash"]
-        self.backward = _resolve_backward(params["backward"], bool(params["exact_backward"]),
-                                          EXPECTATION_BACKWARDS if self.expectation else BACKWARDS)
-        self.hashing = params["hashing"]
-        if self.hashing not in HASHING_METHODS:
-            raise ValueError(f"hashing must be one of {', '.join(HASHING_METHODS)}; got {self.hashing!r}")
-        window = params["conv_window"]
-        heads = config.num_attention_heads
+        p: YosoParams = attention_params("yoso_e" if self.expectation else "yoso", config)
+        self.hash_code_len = p.hash_code_len
+        self.num_hash = p.num_hash
+        self.backward = p.backward
+        self.hashing = p.hashing
+        self.backward_hashes = p.backward_hashes
         self.conv: nn.Conv2d | None = None
-        if window is not None:
-            if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-                raise ValueError(f"conv_window must be a positive integer or None, got {window!r}")
+        if p.conv_window is not None:
+            heads = config.num_attention_heads
             # (w, 1) kernel on (batch, heads, n, d): a 1-D convolution along the sequence per head, shared
             # across the head's dimensions, as YOSO-C defines it.
-            self.conv = nn.Conv2d(heads, heads, kernel_size=(window, 1), padding=(window // 2, 0),
+            self.conv = nn.Conv2d(heads, heads, kernel_size=(p.conv_window, 1), padding=(p.conv_window // 2, 0),
                                   groups=heads, bias=False)
-        # Fail at construction rather than at the first batch.
-        _check(torch.empty(1, 1, 1, 1), torch.empty(1, 1, 1, 1), torch.empty(1, 1, 1, 1), None,
-               self.hash_code_len)
-        if not self.expectation and (not isinstance(self.num_hash, int) or self.num_hash < 1):
-            raise ValueError(f"num_hash must be a positive integer, got {self.num_hash!r}")
-        self.backward_hashes = params["backward_hashes"]
-        if not self.expectation:
-            _check_backward_hashes(self.backward_hashes, self.num_hash, self.backward)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 key_padding_mask: torch.Tensor | None = None,
@@ -275,7 +290,7 @@ class YosoAttention(nn.Module):
         return out, weights
 
 
-@register_attention("yoso_e")
+@register_attention("yoso_e", params=YosoEParams)
 class YosoEAttention(YosoAttention):
     """YOSO-E (the exact expectation, O(n²)) with the same parameters; num_hash is ignored, and `backward` is
     "lsh" (default: the paper's τ/2 rule on E, as the reference code and Hugging Face's YOSO) or "exact"."""

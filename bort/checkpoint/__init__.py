@@ -1,8 +1,9 @@
 """Load and save checkpoints from three worlds: ours (safetensors), Hugging Face, and Gluon `.params`.
 
 `load_pretrained(path, config=None, task=None)` looks at `path` and picks the reader:
-a directory with our `config.json` (native), a directory with an HF `config.json` and weights, or a Gluon
-`.params` file (whose config comes from `config`: a preset name, a JSON path, a dict or a `BortConfig`;
+a directory with our `config.json` (native; an LRA model's too, see `kinds.py`), a directory in an older
+layout of a model kind (an LRA run's `lra_config.json`), a directory with an HF `config.json` and weights, or a
+Gluon `.params` file (whose config comes from `config`: a preset name, a JSON path, a dict or a `BortConfig`;
 without one, sizes are inferred from the shapes and the rest comes from the default Bort preset).
 An `s3://bucket/key-or-prefix` is first fetched (verified) into the cache directory (`BORT_CACHE`).
 """
@@ -21,7 +22,8 @@ from .errors import CheckpointError
 from .hf import export_hf, hf_task, load_hf_dir
 from .native import (FORMAT_KEY, WEIGHTS_NAME, is_native_dir, native_config_from_values, read_json_config,
                      read_safetensors, save_native)
-from .state import load_state_into
+from .kinds import KINDS, ModelKind, get_kind, kind_of_config, legacy_kind
+from .state import load_state_exact, load_state_into
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ def read_checkpoint(path: str | os.PathLike, config: ConfigSpec = None
         elif values is not None:
             raise CheckpointError(f"{path / 'config.json'}: neither a bort config (no {FORMAT_KEY!r}) nor a "
                                   "Hugging Face config (no 'model_type')")
+        elif (kind := legacy_kind(path)) is not None:  # e.g. an LRA run's lra_config.json
+            base, state = kind.read_legacy(path)
+            saved_task = kind.task
         else:
             raise CheckpointError(
                 f"{path}: not a checkpoint directory; expected config.json with model.safetensors (bort or "
@@ -110,7 +115,10 @@ def checkpoint_task(state: dict[str, torch.Tensor]) -> str | None:
 def load_pretrained(path: str | os.PathLike, config: ConfigSpec = None, task: str | None = None,
                     strict_heads: bool = False) -> torch.nn.Module:
     """Build the model for `task` (None: `BortModel`; "mlm", "classification", "regression",
-    "multiple_choice") and load the checkpoint at `path` into it.
+    "multiple_choice"; "lra": an LRA classifier) and load the checkpoint at `path` into it.
+
+    A checkpoint of a model kind (`kinds.KINDS`: an LRA run's best/ or checkpoints/step-N, in either of its
+    layouts) opens as its own model with `task` None, since it has no bare-encoder form.
 
     For a directory checkpoint, a dict `config` overrides fields of the stored config (e.g.
     `{"num_labels": 3}` or `{"attention": ...}`); any other `config` replaces it. Shapes are checked
@@ -138,6 +146,9 @@ def model_for_task(cfg: BortConfig, state: dict[str, torch.Tensor], task: str | 
     from ..model import TASK_MODELS
 
     _check_task(task)
+    kind = kind_of_config(cfg)
+    if kind is not None or get_kind(task) is not None:
+        return _kind_model(cfg, state, task, kind, source)
     if task == "regression" and cfg.num_labels != 1:
         cfg = dataclasses.replace(cfg, num_labels=1, problem_type="regression")
     try:
@@ -148,11 +159,29 @@ def model_for_task(cfg: BortConfig, state: dict[str, torch.Tensor], task: str | 
     return model.eval()
 
 
+def _kind_model(cfg: BortConfig, state: dict[str, torch.Tensor], task: str | None, kind: ModelKind | None,
+                source: str) -> torch.nn.Module:
+    """The model of a kind (`kinds.py`) built from its config and loaded whole."""
+    if kind is None:  # the task names a kind, the config is a plain BortConfig: the settings are not there
+        raise CheckpointError(f"{source}: task {task!r} needs a {task} checkpoint (config.json with task "
+                              f"{task!r}); this one is a plain bort model")
+    if task not in (None, kind.task):
+        raise CheckpointError(f"{source}: a {kind.task} checkpoint opens only as task {kind.task!r} (or None), "
+                              f"not {task!r}")
+    try:
+        model = kind.build(cfg)
+    except ValueError as err:  # a setting the model refuses (e.g. a pooling) names the source
+        raise CheckpointError(f"{source}: cannot build the model from its config: {err}") from None
+    load_state_exact(model, state, source)
+    return model.eval()
+
+
 def _check_task(task: str | None) -> None:
     from ..model import TASK_MODELS
 
-    if task not in TASK_MODELS:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(str(t) for t in TASK_MODELS)}")
+    if task not in TASK_MODELS and task not in KINDS:
+        raise ValueError(f"unknown task {task!r}; expected one of "
+                         f"{', '.join([str(t) for t in TASK_MODELS] + list(KINDS))}")
 
 
 def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, format: str = "native") -> Path:

@@ -1,4 +1,6 @@
-"""Our own checkpoint format: a directory with `config.json` (BortConfig fields) and `model.safetensors`."""
+"""Our own checkpoint format: a directory with `config.json` (BortConfig fields, `bort_format_version` and the
+`task` saved) and `model.safetensors`. Models of a kind (`kinds.py`, e.g. the LRA classifiers) add their own
+settings to config.json under their key."""
 from __future__ import annotations
 
 import json
@@ -16,6 +18,7 @@ from ..config import BortConfig, ConfigError
 from ..atomic import atomic_path, atomic_write_text
 from ..jsonfile import read_json
 from .errors import CheckpointError
+from .kinds import KINDS, get_kind, kind_of_model
 
 FORMAT_KEY = "bort_format_version"
 FORMAT_VERSION = 1
@@ -32,25 +35,36 @@ def is_native_dir(path: Path) -> bool:
 
 
 def task_of(model: nn.Module) -> str:
+    """The task `model` is saved as: its `TASK_MODELS` entry, or the name of its kind (`kinds.KINDS`)."""
     from ..model import TASK_MODELS
 
     for task, cls in TASK_MODELS.items():
         if task is not None and type(model) is cls:
             return task
+    found = kind_of_model(model)
+    if found is not None:
+        return found[0].task
     raise TypeError(f"not a bort model: {type(model).__name__}")
 
 
-def save_native(model: nn.Module, directory: str | os.PathLike) -> Path:
+def save_native(model: nn.Module, directory: str | os.PathLike, config: BortConfig | None = None) -> Path:
     """Write `model.safetensors` then `config.json` into `directory`, each atomically (temporary name,
-    then rename), so neither file is ever seen half-written."""
+    then rename), so neither file is ever seen half-written.
+
+    config.json holds `config`: by default `model.config`, or for a model of a kind (`kinds.KINDS`, e.g. an
+    LRA classifier) the config its kind derives from the model, settings included."""
+    task = task_of(model)
+    if config is None:
+        kind = get_kind(task)
+        config = kind.model_config(model) if kind is not None else model.config
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "bort_task": task_of(model)})
-    values: dict[str, Any] = model.config.to_dict()
+        save_file(state, str(tmp), metadata={"format": "pt", "bort_task": task})
+    values: dict[str, Any] = config.to_dict()
     values[FORMAT_KEY] = FORMAT_VERSION
-    values["task"] = task_of(model)
+    values["task"] = task
     atomic_write_text(directory / CONFIG_NAME, json.dumps(values, indent=2, sort_keys=True) + "\n")
     return directory
 
@@ -73,11 +87,12 @@ def native_config_from_values(values: dict[str, Any], path: Path) -> tuple[BortC
         raise CheckpointError(f"{path}: {FORMAT_KEY} {_short(version)} is not supported: expected {FORMAT_VERSION} "
                               "(a checkpoint written by another version of bort?)")
     task = values.pop("task", None)
-    if task is not None and (not isinstance(task, str) or task not in TASK_MODELS):
+    if task is not None and (not isinstance(task, str) or (task not in TASK_MODELS and task not in KINDS)):
         raise CheckpointError(f"{path}: task {_short(task)} is not one of "
-                              f"{', '.join(t for t in TASK_MODELS if t is not None)} (or null)")
+                              f"{', '.join([t for t in TASK_MODELS if t is not None] + list(KINDS))} (or null)")
+    kind = get_kind(task)
     try:
-        return BortConfig.from_dict(values, source=str(path)), task
+        return (kind.config_class if kind is not None else BortConfig).from_dict(values, source=str(path)), task
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
 

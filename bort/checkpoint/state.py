@@ -83,3 +83,26 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
             if key in own:
                 own[key].copy_(value.to(own[key].dtype))
     return missing_head
+
+
+def load_state_exact(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `state` into `model` name for name, for models whose checkpoints are always written whole (the
+    kinds of `kinds.py`): no prefix adaptation and no fresh heads; every missing, unexpected or misshapen
+    parameter is reported in one `CheckpointError`."""
+    own = model.state_dict()
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    problems = []
+    if mismatched:
+        problems.append(f"{len(mismatched)} parameter(s) do not fit the config:\n  " + "\n  ".join(mismatched))
+    if missing:
+        problems.append(f"{len(missing)} parameter(s) missing from the checkpoint:\n  " + "\n  ".join(missing))
+    if unexpected:
+        problems.append(f"{len(unexpected)} parameter(s) the model does not have:\n  " + "\n  ".join(unexpected))
+    if problems:
+        raise CheckpointError(f"{source}: " + "\n".join(problems))
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value.to(own[key].dtype))

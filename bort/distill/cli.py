@@ -8,10 +8,10 @@ import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
-from ..atomic import WriteError
+from ..cli import add_alias, add_no_progress, run_reporting, script_parser
+from ..train.metrics import REPORT_TO
 from ..train.resume import parse_allowed
 from .recipe import DistillSettings, NonFiniteLossError, run_distillation
 
@@ -38,7 +38,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     a("--lr", type=float, default=d.lr)
     a("--optimizer", choices=("bertadam", "adamw"), default=d.optimizer)
     a("--weight-decay", dest="weight_decay", type=float, default=d.weight_decay)
-    a("--eps", type=float, default=d.eps)
+    add_alias(parser, a("--adam-epsilon", dest="eps", type=float, default=d.eps, help="Adam's ε"), "--eps")
     a("--warmup-ratio", "--warmup_ratio", dest="warmup_ratio", type=float, default=d.warmup_ratio)
     a("--schedule", choices=("linear", "poly", "constant", "bort_linear"), default=d.schedule)
     a("--clip-norm", dest="clip_norm", type=float, default=d.clip_norm, help="global gradient norm clip (0: off)")
@@ -73,8 +73,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     a("--launcher", choices=("auto", "torchrun", "mpi", "none"), default=d.launcher)
     a("--allow-truncated-data", dest="allow_truncated_data", action="store_true",
       help="use the intact records of a truncated shard (the damaged tail is counted) instead of stopping")
-    a("--no-progress", dest="progress", action="store_false")
+    add_no_progress(parser)
     a("--no-plot", dest="plot", action="store_false", help="do not draw loss.png at the end")
+    a("--report-to", dest="report_to", choices=REPORT_TO, default="none",
+      help="also write the metrics as TensorBoard events in OUTPUT_DIR/tensorboard (needs pip install tensorboard)")
     a("--dam-lambda", dest="dam_lambda", type=float, default=d.dam_lambda,
       help="DAM mask search: add λ·Σ|M| to the loss (student attention dam_s or dam_u; SparseBERT used "
            "1e-4 to 1e-1; default 0: no penalty)")
@@ -198,15 +200,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# Reported in one line, as a bad setting is (besides bort.cli.USER_ERRORS).
+USER_ERRORS = (NonFiniteLossError,)
+
+
 def main(argv: list[str] | None = None, launcher: str | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Distil a student BERT from a teacher on pretraining shards.")
-    add_args(parser)
+    parser = script_parser(None, "Distil a student BERT from a teacher on pretraining shards.", add_args)
     args = parser.parse_args(argv)
     if launcher is not None and args.launcher == "auto":
         args.launcher = launcher
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (NonFiniteLossError, ValueError, FileNotFoundError, WriteError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_reporting(parser.prog, run, args, USER_ERRORS)

@@ -27,7 +27,6 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from ..atomic import atomic_write_text
-from ..attention.dam import mask_density, mask_penalty
 from ..checkpoint import checkpoint_task, load_pretrained, model_for_task, read_checkpoint
 from ..checkpoint.errors import CheckpointError
 from ..config import BortConfig
@@ -35,7 +34,7 @@ from ..data.pretraining_dataset import PretrainingDataset, collate
 from ..model import BortForMaskedLM
 from ..train import checkpointing
 from ..train.distributed import DistEnv, all_reduce_sum, barrier, cleanup, init_distributed
-from ..train.metrics import JsonlLogger, plot_curves, read_jsonl
+from ..train.metrics import TENSORBOARD_DIR, JsonlLogger, check_report_to, plot_curves, read_jsonl
 from ..train.optim import build_optimizer
 from ..train.resume import check_resume_settings, restore_optimizer_and_schedule
 from ..train.run_dir import RunDir, claim_output_dir
@@ -48,12 +47,13 @@ logger = logging.getLogger(__name__)
 COMPONENTS = ("mlm", "kd", "hidden", "attention", "teacher_mse", "mask_penalty")
 # What a distillation writes into its output directory: a fresh run refuses a directory holding any of them
 # (unless --resume or --overwrite), and --overwrite removes exactly these.
-ARTEFACTS = ("checkpoints", "final", "metrics.jsonl", "settings.json", "summary.json", "loss.png", ".push-staging")
+ARTEFACTS = ("checkpoints", "final", "metrics.jsonl", "settings.json", "summary.json", "loss.png", ".push-staging",
+             TENSORBOARD_DIR)
 # Settings that do not change the numbers of the run (logging, evaluation, checkpoint cadence, launch): they may
 # differ on --resume. Every other setting must match the checkpoint's unless --allow-setting-change names it.
 RESUME_FREE = frozenset({"test", "output_dir", "resume", "overwrite", "allow_setting_change", "progress", "plot",
                          "log_interval", "eval_interval", "eval_batches", "checkpoint_interval", "keep_checkpoints",
-                         "push_to", "launcher", "max_bad_steps", "allow_truncated_data"})
+                         "push_to", "launcher", "max_bad_steps", "allow_truncated_data", "report_to"})
 _STATE_TYPES = {"step": int, "optimizer": dict, "scheduler": dict, "scaler": dict, "loss": dict, "bad_steps": int,
                 "skipped_steps": int, "vocab_hash": str, "global_batch_size": int}
 PUSH_DRAIN_SECONDS = 600.0  # how long the end of a run waits for queued checkpoint uploads
@@ -104,6 +104,7 @@ class DistillSettings:
     plot: bool = True  # loss.png at the end (a short run, e.g. one candidate of `bort search`, may skip it)
     push_to: str | None = None  # s3://BUCKET/PREFIX: each checkpoint is uploaded in the background
     dam_lambda: float = 0.0  # λ of the DAM mask penalty λ·Σ|M| (student attention dam_s/dam_u); 0: none
+    report_to: str | None = None  # "tensorboard": metrics.jsonl's records also as TensorBoard events
 
     def __post_init__(self) -> None:
         if isinstance(self.train, str):
@@ -114,6 +115,9 @@ class DistillSettings:
             raise ValueError(f"precision {self.precision!r} is not fp32, bf16 or fp16")
         if self.student_init not in ("random", "teacher"):
             raise ValueError(f"student_init {self.student_init!r} is not 'random' or 'teacher'")
+        problem = check_report_to(self.report_to)
+        if problem is not None:
+            raise ValueError(f"report_to {problem}")
 
 
 class _StudentWithLoss(nn.Module):
@@ -130,8 +134,9 @@ class _StudentWithLoss(nn.Module):
         total, parts = self.loss(out, teacher_out, batch["masked_ids"], batch["masked_weights"],
                                  batch["attention_mask"])
         if self.dam_lambda:
-            # SparseBERT's search: + λ·Σ|M| over the masks this forward sampled.
-            penalty = mask_penalty(self.student)
+            # SparseBERT's search: + λ·Σ|M| over the masks this forward sampled (the DAM mechanism's
+            # regularisation term, as the model reports it).
+            penalty = self.student.attention_regularization()
             total = total + self.dam_lambda * penalty
             parts = {**parts, "mask_penalty": float(penalty.detach()), "total": float(total.detach())}
         return total, parts
@@ -223,7 +228,7 @@ class DistillationRecipe:
             if self.teacher is None:
                 raise ValueError("--student-init teacher needs --teacher")
             init_student_from_teacher(self.student, self.teacher, layer_map)
-        if s.dam_lambda and mask_penalty(self.student) is None:
+        if s.dam_lambda and self.student.attention_regularization() is None:
             raise ValueError(f"--dam-lambda {s.dam_lambda} needs a student with attention dam_s or dam_u, "
                              f"not {student_cfg.attention!r}")
         self.joint = _StudentWithLoss(self.student, self.loss_fn, s.dam_lambda).to(self.device)
@@ -248,7 +253,8 @@ class DistillationRecipe:
             self._resume()
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.metrics = JsonlLogger(self.out / "metrics.jsonl", resume_step=self.step if s.resume else None)
+            self.metrics = JsonlLogger(self.out / "metrics.jsonl", resume_step=self.step if s.resume else None,
+                                       report_to=s.report_to)
             atomic_write_text(self.out / "settings.json", json.dumps(dataclasses.asdict(s), indent=2) + "\n")
 
     def _load_teacher(self) -> tuple[nn.Module | None, BortConfig | None, bool]:
@@ -373,9 +379,7 @@ class DistillationRecipe:
         record = {name: float(sums[i]) for i, name in enumerate(COMPONENTS) if not math.isnan(sums[i])}
         record.update(loss=float(sums[-2]), grad_norm=float(grad_norm), lr=lr,
                       masked_tokens=global_count, skipped=not finite)
-        density = mask_density(self.student)  # of the last micro-batch's sampled DAM mask
-        if density is not None:
-            record["mask_density"] = density
+        record.update(self.student.attention_statistics())  # e.g. the last micro-batch's DAM mask_density
         return record
 
     # --- evaluation -------------------------------------------------------------------------------------

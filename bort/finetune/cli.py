@@ -7,10 +7,10 @@ import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
-from ..atomic import WriteError
+from ..cli import add_alias, add_no_progress, run_reporting, script_parser
+from ..train.metrics import REPORT_TO
 from .runner import FinetuneSettings, resolve_task_dir, run_finetune
 from .trainer import HParams
 
@@ -47,7 +47,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     a("--tokenizer", default=None, help="vocabulary file or directory (default: the model directory, or the "
                                         "directory of a .params file)")
     a("--output-dir", "--output_dir", dest="output_dir", default=s.output_dir)
-    a("--config", default=None, help="JSON object of config overrides, e.g. '{\"attention\": \"bigbird\"}'")
+    add_alias(parser, a("--model-config", dest="config", default=None, metavar="JSON",
+                        help="JSON object of config fields overriding the checkpoint's, e.g. "
+                             "'{\"attention\": \"bigbird\"}'"), "--config")
     a("--lr", type=float, default=h.lr)
     a("--batch-size", "--batch_size", dest="batch_size", type=int, default=h.batch_size)
     a("--epochs", type=float, default=h.epochs)
@@ -55,7 +57,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     a("--weight-decay", "--weight_decay", "--wd", dest="weight_decay", type=float, default=h.weight_decay,
       help="decoupled weight decay (the original's default 110 is multiplied by the learning rate)")
     a("--optimizer", choices=("bertadam", "adamw"), default=h.optimizer)
-    a("--eps", "--epsilon", dest="eps", type=float, default=h.eps)
+    add_alias(parser, a("--adam-epsilon", dest="eps", type=float, default=h.eps, help="Adam's ε"),
+              "--eps", "--epsilon")  # --epsilon: the original finetune_bort.py's name
     a("--clip-norm", dest="clip_norm", type=float, default=h.clip_norm, help="gradient norm clip (0: off)")
     a("--seed", type=int, default=h.seed)
     a("--max-length", "--max_len", dest="max_length", type=int, default=s.max_length)
@@ -77,7 +80,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     a("--overwrite", action="store_true",
       help="replace an earlier run's outputs in --output-dir (best/, metrics.json(l), curves.png, "
            "dev_predictions.jsonl, submission/; other files are kept) instead of refusing the directory")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    a("--report-to", dest="report_to", choices=REPORT_TO, default="none",
+      help="also write the metrics as TensorBoard events in OUTPUT_DIR/tensorboard (needs pip install tensorboard)")
+    add_no_progress(parser)
     add_original_args(parser)
 
 
@@ -103,7 +108,7 @@ def add_original_args(parser: argparse.ArgumentParser) -> None:
     a("--only_inference", action="store_true",
       help="no training: predict the dev split (metrics) and the test split (submission/) with the fine-tuned "
            "--model, as `bort predict` does, with --precision/--backend/--threads and --batch-size")
-    from ..predict import add_predict_options
+    from ..cli import add_predict_options
 
     add_predict_options(g)
     a("--dtype", choices=("float32", "float16"), default="float32",
@@ -227,20 +232,16 @@ def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
                             eval_batch_size=args.eval_batch_size, dev_split=args.dev_split,
                             split_seed=args.split_seed, skip_bad_rows=args.skip_bad_rows,
                             dam_lambda=args.dam_lambda, config=config, progress=args.progress,
-                            log_interval=args.log_interval, overwrite=args.overwrite)
+                            log_interval=args.log_interval, overwrite=args.overwrite, report_to=args.report_to)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        for note in apply_original_args(args):
-            logger.info("%s", note)
-        _choose_data_dir(args)
-        if args.only_inference:
-            return run_inference(args)
-        summary = run_finetune(settings_from_args(args))
-    except (ValueError, FileNotFoundError, FloatingPointError, WriteError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    for note in apply_original_args(args):
+        logger.info("%s", note)
+    _choose_data_dir(args)
+    if args.only_inference:
+        return run_inference(args)
+    summary = run_finetune(settings_from_args(args))
     print(json.dumps({k: summary[k] for k in ("task", "dev", "best_step", "steps", "train_seconds",
                                               "submission")}, sort_keys=True))
     return 0
@@ -269,9 +270,8 @@ def run_inference(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="run_finetune.py", description=__doc__)
-    add_args(parser)
-    return run(parser.parse_args(argv))
+    parser = script_parser("run_finetune.py", __doc__, add_args)
+    return run_reporting(parser.prog, run, parser.parse_args(argv))
 
 
 # --- bort grid ------------------------------------------------------------------------------------------------
@@ -284,7 +284,7 @@ def add_grid_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="discard the finished trials and results of an earlier grid in --output-dir (a rerun "
                              "of the same grid resumes without it; one with other settings is refused)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    add_no_progress(parser)
 
 
 def run_grid_cli(args: argparse.Namespace) -> int:
@@ -292,14 +292,10 @@ def run_grid_cli(args: argparse.Namespace) -> int:
 
     from .grid import load_grid, run_grid
 
-    try:
-        spec = load_grid(args.grid)
-        spec.settings = dataclasses.replace(spec.settings, save_checkpoint=args.keep_checkpoints)
-        results = run_grid(spec, args.output_dir, workers=args.workers, backend=args.backend,
-                           progress=args.progress, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, FloatingPointError, WriteError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    spec = load_grid(args.grid)
+    spec.settings = dataclasses.replace(spec.settings, save_checkpoint=args.keep_checkpoints)
+    results = run_grid(spec, args.output_dir, workers=args.workers, backend=args.backend,
+                       progress=args.progress, overwrite=args.overwrite)
     print(json.dumps({"trials": len(results), "best": results[0] if results else None}, sort_keys=True))
     return 0
 
@@ -327,11 +323,7 @@ def add_agora_args(parser: argparse.ArgumentParser) -> None:
 def run_agora_cli(args: argparse.Namespace) -> int:
     from .agora_recipe import run_agora
 
-    try:
-        summary = run_agora(args)
-    except (ValueError, FileNotFoundError, FloatingPointError, WriteError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    summary = run_agora(args)
     print(json.dumps({k: summary[k] for k in ("task", "hparams", "dev", "holdout", "trainings", "added")},
                      sort_keys=True))
     return 0

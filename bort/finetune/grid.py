@@ -62,7 +62,7 @@ _SETTING_FIELDS = {f.name for f in dataclasses.fields(FinetuneSettings)} - {"tas
 ARTEFACTS = ("trials", "results.json", "results.csv", "results.md", "results.png", "grid_settings.json")
 SETTINGS_FILE = "grid_settings.json"
 # Shared settings that change no trial's result (so a rerun may differ in them).
-_RESULT_FREE = {"output_dir", "progress", "save_checkpoint", "overwrite", "log_interval"}
+_RESULT_FREE = {"output_dir", "progress", "save_checkpoint", "overwrite", "log_interval", "report_to"}
 
 
 @dataclasses.dataclass

@@ -37,16 +37,13 @@ def scores(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Logits: (examples, labels) for classification, (examples,) for regression, (examples, max choices) for
     multiple choice with −inf where an example has no such choice."""
     # Models without token-type embeddings (RoBERTa, Bort) take none, whatever the tokenizer produced.
-    types = batch.token_type_ids if model.bort.embeddings.token_type_embeddings is not None else None
+    types = batch.token_type_ids if model.uses_token_types else None
     if batch.owner is None:
         out = model(batch.input_ids, batch.attention_mask, types)
         return out.logits.squeeze(-1) if out.logits.shape[-1] == 1 else out.logits
     # Multiple choice: the head of BortForMultipleChoice applied to every real choice once.
-    enc = model.bort(batch.input_ids, batch.attention_mask, types)
-    flat = model._scores(enc).squeeze(-1).float()
-    width = int(batch.slot.max()) + 1
-    table = flat.new_full((batch.num_examples, width), float("-inf"))
-    return table.index_put((batch.owner, batch.slot), flat)
+    return model.score_choices(batch.input_ids, batch.attention_mask, types, batch.owner, batch.slot,
+                               batch.num_examples)
 
 
 def loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:

@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_text
-from ..attention.dam import mask_penalty
 from ..checkpoint import save_pretrained
 from ..tokenization import BortTokenizer, load_tokenizer
-from ..train.metrics import JsonlLogger, plot_loss_and_dev, read_jsonl
+from ..train.metrics import TENSORBOARD_DIR, JsonlLogger, check_report_to, plot_loss_and_dev, read_jsonl
 from ..train.run_dir import claim_output_dir
 from .batching import encode_task_examples
 from .heads import load_model_for
@@ -35,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 # What a run writes into its output directory: a new run refuses a directory holding any of them (unless
 # `overwrite`), and `overwrite` removes exactly these.
-ARTEFACTS = ("best", "metrics.json", "metrics.jsonl", "curves.png", "dev_predictions.jsonl", "submission")
+ARTEFACTS = ("best", "metrics.json", "metrics.jsonl", "curves.png", "dev_predictions.jsonl", "submission",
+             TENSORBOARD_DIR)
 
 
 @dataclass
@@ -62,6 +62,12 @@ class FinetuneSettings:
     log_interval: int = 10
     save_checkpoint: bool = True  # write best/ (grid trials may skip it: hundreds of copies of a model)
     overwrite: bool = False  # replace an earlier run's outputs (ARTEFACTS) in output_dir instead of refusing
+    report_to: str | None = None  # "tensorboard": metrics.jsonl's records also as TensorBoard events
+
+    def __post_init__(self) -> None:
+        problem = check_report_to(self.report_to)
+        if problem is not None:
+            raise ValueError(f"report_to {problem}")
 
 
 def resolve_task_dir(task: Any, data_dir: str | Path) -> Path:
@@ -114,12 +120,14 @@ def read_splits(task: Any, settings: FinetuneSettings) -> tuple[list[Any], list[
     return list(train), list(dev), (list(test) if test is not None else None), bad
 
 
-def _dam_monitor(model: torch.nn.Module) -> dict[str, float]:
-    """The DAM mask density of a model that has one (logged with the training loss)."""
-    from ..attention.dam import mask_density
+def _attention_penalty(model: torch.nn.Module) -> torch.Tensor | None:
+    """The attention mechanism's regularisation term (DAM's mask penalty), added times dam_lambda."""
+    return model.attention_regularization()
 
-    density = mask_density(model)
-    return {} if density is None else {"mask_density": density}
+
+def _attention_monitor(model: torch.nn.Module) -> dict[str, float]:
+    """The attention mechanism's statistics (DAM's mask density), logged with the training loss."""
+    return model.attention_statistics()
 
 
 def run_finetune(settings: FinetuneSettings) -> dict[str, Any]:
@@ -150,7 +158,7 @@ def _run_finetune(settings: FinetuneSettings, task: Any, out: Path) -> dict[str,
         raise ValueError(f"the tokenizer ({settings.tokenizer or settings.model}) has {tokenizer.vocab_size} ids but "
                          f"the model {settings.model} embeds {model.config.vocab_size}: pass --tokenizer with the "
                          "vocabulary the model was trained with")
-    if settings.dam_lambda and mask_penalty(model) is None:
+    if settings.dam_lambda and model.attention_regularization() is None:
         raise ValueError(f"--dam-lambda {settings.dam_lambda} needs a model with dam_s/dam_u attention; "
                          f"{settings.model} uses {model.config.attention!r}")
     best_dir = out / "best"
@@ -159,13 +167,14 @@ def _run_finetune(settings: FinetuneSettings, task: Any, out: Path) -> dict[str,
         save_pretrained(m, directory)
         tokenizer.save(directory)
 
-    metrics_log = JsonlLogger(out / "metrics.jsonl")
+    metrics_log = JsonlLogger(out / "metrics.jsonl", report_to=settings.report_to)
     try:
         result: FitResult = fit(model, task, train_items, dev_items, dev, settings.hparams, tokenizer.pad_token_id,
                                 eval_interval=settings.eval_interval, patience=settings.patience,
                                 max_steps=settings.max_steps, best_dir=best_dir, on_event=metrics_log.log,
                                 progress=settings.progress, log_interval=settings.log_interval,
-                                penalty=mask_penalty if settings.dam_lambda else None, monitor=_dam_monitor,
+                                penalty=_attention_penalty if settings.dam_lambda else None,
+                                monitor=_attention_monitor,
                                 penalty_weight=settings.dam_lambda,
                                 save_best=save_best if settings.save_checkpoint else None)
     finally:

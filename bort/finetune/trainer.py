@@ -106,9 +106,10 @@ def fit(model: nn.Module, task: Any, train_items: Sequence[EncodedExample], dev_
     """Train `model` on `train_items` with `hp`; evaluate `task.main_metric` on the dev set; keep the best.
 
     `eval_interval` 0 evaluates once per epoch; `patience` stops after that many evaluations without a new
-    best (None: never). `penalty(model)` (e.g. a DAM mask's Σ|M|) is added to the loss times `penalty_weight`.
-    `on_event` receives every train/eval record (for JSON-lines logs); `monitor(model)` adds fields to the
-    train records (e.g. a DAM mask's density). A loss that is NaN/inf stops the run
+    best (None: never). `penalty(model)` (e.g. `model.attention_regularization()`, a DAM mask's Σ|M|) is added
+    to the loss times `penalty_weight`. `on_event` receives every train/eval record (for JSON-lines logs);
+    `monitor(model)` adds fields to the train records (e.g. `model.attention_statistics()`, a DAM mask's
+    density). A loss that is NaN/inf stops the run
     with an error naming the step, since continuing would only waste the remaining budget.
     """
     if not train_items:

@@ -20,11 +20,12 @@ import logging
 import sys
 from typing import Any
 
-from ..atomic import WriteError
+from ..cli import add_alias, add_no_progress, report_error, run_reporting, script_parser
+from ..train.metrics import REPORT_TO
 from ..train.resume import parse_allowed
-from . import listops_gen
-from .listops_gen import add_generate_args, run_generate
-from . import pathfinder_gen
+from . import listops_gen, pathfinder_gen
+from .listops_gen import ListOpsSpec, generate_listops_dir
+from .pathfinder_gen import DIFFICULTIES, DIFFICULTY_PARAMS, write_pathfinder
 from .runner import LRASettings, run_lra
 from .tasks import PAPER_ATTENTION, RECIPES, TASKS
 
@@ -47,16 +48,13 @@ GENERATE_PATHFINDER = "generate-pathfinder"
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """`TASK [training flags]` trains on a task; `generate-listops OUT_DIR [flags]` writes generated ListOps."""
-    ready = [name for name, task in TASKS.items() if task.implemented]
     sub = parser.add_subparsers(dest="task", required=True, metavar="TASK",
-                                help=f"LRA task (with a data reader: {', '.join(ready)}; presets also exist for "
-                                     f"{', '.join(n for n in TASKS if n not in ready) or 'none'}), or {GENERATE} / "
-                                     f"{GENERATE_PATHFINDER}")
-    for name in ready:
+                                help=f"LRA task ({', '.join(TASKS)}), or {GENERATE} / {GENERATE_PATHFINDER}")
+    for name in TASKS:
         _add_train_args(sub.add_parser(name, help=f"train the LRA classifier on {name}"), name)
-    add_generate_args(sub.add_parser(GENERATE, help="generate LRA-style ListOps files (basic_{train,val,test}.tsv)",
+    add_listops_args(sub.add_parser(GENERATE, help="generate LRA-style ListOps files (basic_{train,val,test}.tsv)",
                                      description=(listops_gen.__doc__ or "").splitlines()[0]))
-    pathfinder_gen.add_generate_args(sub.add_parser(
+    add_pathfinder_args(sub.add_parser(
         GENERATE_PATHFINDER, help="generate Pathfinder images in LRA's layout (imgs/<k>/*.png, metadata/<k>.npy)",
         description=(pathfinder_gen.__doc__ or "").splitlines()[0]))
 
@@ -74,8 +72,9 @@ def _add_train_args(parser: argparse.ArgumentParser, task: str = "listops") -> N
            "table, its YOSO settings)")
     a("--attention-params", dest="attention_params", default=None,
       help="JSON object of the mechanism's parameters (default: the task's, e.g. YOSO hash_code_len 11 on listops)")
-    a("--model-config", dest="model_overrides", default=None,
-      help="JSON object overriding BortConfig fields of the LRA model, e.g. '{\"hidden_size\": 128}'")
+    add_alias(parser, a("--model-config", dest="model_overrides", default=None, metavar="JSON",
+                        help="JSON object overriding BortConfig fields of the LRA model, e.g. "
+                             "'{\"hidden_size\": 128}'"), "--config")
     a("--output-dir", dest="output_dir", default=s.output_dir)
     a("--max-steps", dest="max_steps", type=int, default=None, help="optimiser steps (default: the preset's)")
     a("--batch-size", dest="batch_size", type=int, default=None)
@@ -103,7 +102,9 @@ def _add_train_args(parser: argparse.ArgumentParser, task: str = "listops") -> N
     a("--allow-setting-change", dest="allow_setting_change", action="append", default=[], metavar="NAME[,NAME]",
       help="with --resume, accept these settings differing from the checkpoint's (e.g. max_steps to extend a run)")
     a("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    a("--report-to", dest="report_to", choices=REPORT_TO, default="none",
+      help="also write the metrics as TensorBoard events in OUTPUT_DIR/tensorboard (needs pip install tensorboard)")
+    add_no_progress(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> LRASettings:
@@ -116,26 +117,73 @@ def settings_from_args(args: argparse.Namespace) -> LRASettings:
         test_size=args.test_size, split_seed=args.split_seed, seed=args.seed, dam_lambda=args.dam_lambda,
         clip_norm=args.clip_norm, pad_multiple=args.pad_multiple, skip_bad_rows=args.skip_bad_rows,
         resume=args.resume, overwrite=args.overwrite, allow_setting_change=parse_allowed(args.allow_setting_change),
-        progress=args.progress)
+        progress=args.progress, report_to=args.report_to)
+
+
+def add_listops_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of `bort lra generate-listops`."""
+    d = ListOpsSpec()
+    a = parser.add_argument
+    a("out_dir", metavar="OUT_DIR", help="directory for basic_train.tsv, basic_val.tsv, basic_test.tsv")
+    a("--train", type=int, default=96000, help="training rows (LRA: 96000)")
+    a("--val", type=int, default=2000, help="validation rows (LRA: 2000)")
+    a("--test", type=int, default=2000, help="test rows (LRA: 2000)")
+    a("--seed", type=int, default=0)
+    a("--min-length", dest="min_length", type=int, default=d.min_length,
+      help="keep trees longer than this (symbols other than parentheses)")
+    a("--max-length", dest="max_length", type=int, default=d.max_length, help="keep trees shorter than this")
+    a("--max-depth", dest="max_depth", type=int, default=d.max_depth)
+    a("--max-args", dest="max_args", type=int, default=d.max_args)
+    add_no_progress(parser)
+
+
+def run_listops_generator(args: argparse.Namespace) -> int:
+    """Generate from parsed flags, print the summary as JSON; bad settings print one line and return 2."""
+    try:
+        spec = ListOpsSpec(args.min_length, args.max_length, args.max_depth, args.max_args)
+        info = generate_listops_dir(args.out_dir, args.train, args.val, args.test, args.seed, spec, args.progress)
+    except ValueError as err:
+        return report_error(f"bort lra {GENERATE}", err)
+    print(json.dumps({"out_dir": str(args.out_dir), **info}, sort_keys=True))
+    return 0
+
+
+def add_pathfinder_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of `bort lra generate-pathfinder` / `python -m bort.lra.pathfinder_gen`."""
+    a = parser.add_argument
+    a("out_dir", metavar="OUT_DIR", help="directory to write <difficulty>/imgs and <difficulty>/metadata into "
+                                         "(e.g. data/pathfinder32; `bort lra pathfinder32 --data` takes it)")
+    a("--count", type=int, default=2000, help="number of images (half positive)")
+    a("--difficulty", default=DIFFICULTIES["hard"],
+      help=f"{', '.join(DIFFICULTY_PARAMS)} or easy/intermediate/hard (paths of 6, 9, 14 dashes)")
+    a("--seed", type=int, default=0)
+    a("--images-per-file", dest="images_per_file", type=int, default=1000, help="images per imgs/<k> folder")
+    a("--overwrite", action="store_true", help="replace an existing difficulty directory")
+
+
+def run_pathfinder_generator(args: argparse.Namespace) -> int:
+    """Generate from parsed flags; print where the data went and the class balance (JSON). Bad settings
+    print one line and return 2."""
+    try:
+        path = write_pathfinder(args.out_dir, args.count, args.difficulty, args.seed, args.images_per_file,
+                                args.overwrite)
+    except (ValueError, FileExistsError, RuntimeError) as err:
+        return report_error(f"bort lra {GENERATE_PATHFINDER}", err)
+    print(json.dumps({"path": str(path), "count": args.count, "positives": args.count // 2, "seed": args.seed}))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run from parsed flags; data and setting errors print one line and return 2."""
+    """Run from parsed flags; a data or setting error raises (the caller reports it in one line)."""
     import torch
 
-    from ..config import ConfigError
-
     if args.task == GENERATE:
-        return run_generate(args)
+        return run_listops_generator(args)
     if args.task == GENERATE_PATHFINDER:
-        return pathfinder_gen.run_generate(args)
+        return run_pathfinder_generator(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        summary = run_lra(settings_from_args(args))
-    except (ValueError, FileNotFoundError, FloatingPointError, ConfigError, WriteError) as exc:
-        print(f"bort lra: error: {exc}", file=sys.stderr)
-        return 2
+    summary = run_lra(settings_from_args(args))
     keys = ("task", "attention", "steps", "best_step", "dev_accuracy", "test_accuracy", "majority_accuracy",
             "ms_per_step", "train_seconds", "wall_seconds", "best_checkpoint")
     print(json.dumps({k: summary[k] for k in keys}, sort_keys=True))
@@ -144,9 +192,15 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="run_lra.py", description=__doc__.splitlines()[0])
-    add_args(parser)
-    return run(parser.parse_args(argv))
+    parser = script_parser("run_lra.py", __doc__.splitlines()[0], add_args)
+    return run_reporting(parser.prog, run, parser.parse_args(argv))
+
+
+def main_pathfinder(argv: list[str] | None = None) -> int:
+    """`python -m bort.lra.pathfinder_gen`: the flags of `bort lra generate-pathfinder`."""
+    parser = script_parser("python -m bort.lra.pathfinder_gen", (pathfinder_gen.__doc__ or "").splitlines()[0],
+                           add_pathfinder_args)
+    return run_pathfinder_generator(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

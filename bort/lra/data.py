@@ -5,96 +5,33 @@ directory) or as one file of labelled rows (the original release, e.g. the 8,000
 which is split by a seeded permutation: the first `test_size` rows of the shuffle are the test set, the
 next `dev_size` the dev set (used to pick the best checkpoint), the rest training (8,000 → 6,400 / 800 / 800
 with the defaults). Sequences longer than the model's positions are truncated, as LRA does, and counted.
-Text (`text.py`) and Retrieval (`retrieval.py`) have their own readers and return the same `LRASplits`;
-Retrieval's splits carry the second document of each pair in `EncodedSplit.pair_ids`.
+Text (`text.py`), Retrieval (`retrieval.py`), Image (`image.py`) and Pathfinder (`pathfinder.py`) have their
+own readers and return the same `LRASplits` (`splits.py`); Retrieval's splits carry the second document of each
+pair in `EncodedSplit.pair_ids`. `READERS` maps each task of `tasks.TASKS` to its reader, and `load_splits`
+looks a task's reader up there.
 """
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
 import os
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
-from . import batching, listops
+from . import listops
+from .image import load_image
+from .pathfinder import load_pathfinder
+from .retrieval import load_retrieval
+from .splits import EncodedSplit, LRASplits
 from .tasks import LRATask
+from .text import load_text
+
+__all__ = ["EncodedSplit", "LRASplits", "READERS", "load_listops", "load_splits"]
 
 logger = logging.getLogger(__name__)
 
 LISTOPS_FILES = {"train": "basic_train.tsv", "dev": "basic_val.tsv", "test": "basic_test.tsv"}
-
-
-@dataclass
-class EncodedSplit:
-    """Token ids and labels of one split. Pair tasks (Retrieval) also hold the second document of each row in
-    `pair_ids`; their model inputs then carry both sides (`batch`)."""
-
-    name: str
-    ids: list[list[int]]
-    labels: list[int]
-    pair_ids: list[list[int]] | None = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def lengths(self) -> list[int]:
-        if self.pair_ids is None:
-            return [len(s) for s in self.ids]
-        # Both sides of a batch share one padded width, so a pair costs what its longer side costs.
-        return [max(len(a), len(b)) for a, b in zip(self.ids, self.pair_ids)]
-
-    def batch(self, idx: Sequence[int], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
-        """Model keyword inputs of rows `idx`: input_ids, attention_mask, labels, and for pairs input_ids2 and
-        attention_mask2 (both sides padded to one width, so the encoder can run them as one batch)."""
-        sequences = [self.ids[i] for i in idx]
-        if self.pair_ids is not None:
-            sequences += [self.pair_ids[i] for i in idx]
-        ids, mask = batching.collate(sequences, pad_id, multiple)
-        inputs = {"input_ids": ids[:len(idx)], "attention_mask": mask[:len(idx)],
-                  "labels": torch.tensor([self.labels[i] for i in idx])}
-        if self.pair_ids is not None:
-            inputs.update(input_ids2=ids[len(idx):], attention_mask2=mask[len(idx):])
-        return inputs
-
-
-@dataclass
-class LRASplits:
-    """train / dev / test plus where they came from (`source`), truncation count and skipped rows.
-    `num_classes` is set when the data decides the class count (a multiclass text file); None: the task's."""
-
-    train: EncodedSplit
-    dev: EncodedSplit
-    test: EncodedSplit
-    vocab: tuple[str, ...]
-    pad_id: int
-    source: dict[str, Any] = field(default_factory=dict)
-    truncated: int = 0
-    bad_rows: list[Any] = field(default_factory=list)
-    num_classes: int | None = None
-
-    @cached_property
-    def digest(self) -> str:
-        """SHA-256 of what a model is trained and scored on: the vocabulary and every split's token ids, pair
-        ids and labels. Where the files lie is left out, so a moved copy of the data has the same digest and
-        an edited file at the same path does not (what resuming a run checks). Computed once per splits
-        object (a second or two for LRA-sized ListOps), however many trainers share it."""
-        h = hashlib.sha256()
-        h.update(repr((self.vocab, self.pad_id, self.num_classes)).encode())
-        for split in (self.train, self.dev, self.test):
-            h.update(f"{split.name}:{len(split)}:{split.pair_ids is not None}".encode())
-            h.update(np.asarray(split.labels, dtype=np.int64).tobytes())
-            for rows in (split.ids, split.pair_ids or []):
-                # Lengths first, then the concatenated ids: rows stay delimited without one update per row.
-                h.update(np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows)).tobytes())
-                h.update(np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64).tobytes())
-        return h.hexdigest()
 
 
 def _encode(name: str, rows: Sequence[listops.ListOpsRow], max_length: int) -> tuple[EncodedSplit, int]:
@@ -143,31 +80,25 @@ def load_listops(data: str | os.PathLike, max_length: int, dev_size: int = 800, 
                      source, truncated, bad)
 
 
+# Task name → reader(data, max_length, **options) → LRASplits: one entry per task of `tasks.TASKS`
+# (tests/test_lra_tasks.py checks that the two tables name the same tasks).
+READERS: dict[str, Callable[..., LRASplits]] = {
+    "listops": load_listops,
+    "text": load_text,
+    "retrieval": load_retrieval,
+    "image": load_image,
+    "pathfinder32": load_pathfinder,
+}
+
+
 def load_splits(task: LRATask, data: str | os.PathLike, **kwargs: Any) -> LRASplits:
     """The encoded splits of `task` read from `data` (a file or directory, as the task expects)."""
-    path = Path(data)
+    reader = READERS.get(task.name)
+    if reader is None:
+        raise ValueError(f"LRA task {task.name!r} has no data reader; readers exist for {', '.join(READERS)}")
     if task.name == "image" and str(data) == "digits":  # scikit-learn's bundled digits, not a path
-        from .image import load_image
-
-        return load_image(data, task.max_length, **kwargs)
+        return reader(data, task.max_length, **kwargs)
+    path = Path(data)
     if not str(data) or not path.exists():
         raise FileNotFoundError(f"LRA {task.name} data not found: {path}; expected {task.data_help}")
-    if task.name == "listops":
-        return load_listops(path, task.max_length, **kwargs)
-    if task.name == "text":
-        from .text import load_text
-
-        return load_text(path, task.max_length, **kwargs)
-    if task.name == "retrieval":
-        from .retrieval import load_retrieval
-
-        return load_retrieval(path, task.max_length, **kwargs)
-    if task.name == "image":
-        from .image import load_image
-
-        return load_image(path, task.max_length, **kwargs)
-    if task.name == "pathfinder32":
-        from .pathfinder import load_pathfinder
-
-        return load_pathfinder(path, task.max_length, **kwargs)
-    raise ValueError(f"LRA task {task.name!r} has no data reader yet")
+    return reader(path, task.max_length, **kwargs)

@@ -39,7 +39,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..data.tasks.base import BadRow, TaskDataError
-from .data import EncodedSplit, LRASplits
+from .splits import EncodedSplit, LRASplits
 
 __all__ = ["PIXEL_VOCAB", "PIXEL_PAD_ID", "DIGITS_ALIAS", "CIFAR_CLASSES", "CIFAR_TRAIN_FILES", "CIFAR_TEST_FILE",
            "BadRecord", "rgb_to_gray", "read_cifar_batch", "read_cifar10", "load_cifar10", "digits_to_bytes",

@@ -28,11 +28,9 @@ follows generation order (itself i.i.d.), so a seed gives the same files on ever
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import random
-import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -411,34 +409,3 @@ def generate_listops_dir(out_dir: str | Path, train: int, val: int, test: int, s
             "generate_seconds": round(time.perf_counter() - start, 3)}
     write_listops_dir(out_dir, splits, info)
     return info
-
-
-# --- command line ------------------------------------------------------------------------------------------
-def add_generate_args(parser: argparse.ArgumentParser) -> None:
-    """Flags of `bort lra generate-listops`."""
-    d = ListOpsSpec()
-    a = parser.add_argument
-    a("out_dir", metavar="OUT_DIR", help="directory for basic_train.tsv, basic_val.tsv, basic_test.tsv")
-    a("--train", type=int, default=96000, help="training rows (LRA: 96000)")
-    a("--val", type=int, default=2000, help="validation rows (LRA: 2000)")
-    a("--test", type=int, default=2000, help="test rows (LRA: 2000)")
-    a("--seed", type=int, default=0)
-    a("--min-length", dest="min_length", type=int, default=d.min_length,
-      help=f"keep trees longer than this (symbols other than parentheses; default {d.min_length})")
-    a("--max-length", dest="max_length", type=int, default=d.max_length,
-      help=f"keep trees shorter than this (default {d.max_length})")
-    a("--max-depth", dest="max_depth", type=int, default=d.max_depth, help=f"default {d.max_depth}")
-    a("--max-args", dest="max_args", type=int, default=d.max_args, help=f"default {d.max_args}")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-
-def run_generate(args: argparse.Namespace) -> int:
-    """Generate from parsed flags, print the summary as JSON; bad settings print one line and return 2."""
-    try:
-        spec = ListOpsSpec(args.min_length, args.max_length, args.max_depth, args.max_args)
-        info = generate_listops_dir(args.out_dir, args.train, args.val, args.test, args.seed, spec, args.progress)
-    except ValueError as err:
-        print(f"bort lra generate-listops: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps({"out_dir": str(args.out_dir), **info}, sort_keys=True))
-    return 0

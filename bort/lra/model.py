@@ -25,12 +25,13 @@ the first 501 symbols of the same rows (warmup 100), at step 500 (BERT's: still 
 Retrieval, a pair task, uses `LRADualClassifier`: the same encoder embeds both documents, and a head over
 [u, v, u∗v, u−v] classifies the pair.
 
-A saved model is a directory with `model.safetensors` and `lra_config.json` (the encoder's BortConfig,
-task, pooling, FFN dropout, architecture "single" or "dual", and vocabulary), written atomically.
+A saved model is a native checkpoint (`bort.checkpoint.native`): `model.safetensors` and `config.json`, whose
+`"lra"` block records the task, architecture ("single" or "dual"), pooling, FFN dropout and vocabulary
+(`bort.lra.config`), so `bort.checkpoint.load_pretrained` and `bort convert` open it as task "lra" (`LRA_KIND`).
+`load_lra_model` also reads the layout written before, `lra_config.json` beside the same weights.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,16 +39,16 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
-from ..atomic import atomic_path, atomic_write_text
-from ..config import BortConfig
+from ..checkpoint.errors import CheckpointError
+from ..checkpoint.kinds import ModelKind
+from ..checkpoint.native import (CONFIG_NAME, FORMAT_KEY, WEIGHTS_NAME, native_config_from_values, read_json_config,
+                                 read_safetensors, save_native)
+from ..config import BortConfig, ConfigError
 from ..model import BortEncoder, BortPreTrainedModel, HeadOutput, check_inputs
+from .config import LEGACY_CONFIG_NAME, LEGACY_FORMAT_KEY, LRA_TASK, LRAConfig
 from .tasks import LRATask
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "lra_config.json"
-FORMAT_KEY = "bort_lra_format_version"
 POOLINGS = ("mean", "mean_padded")
 
 # The LRA encoder shape (all tasks).
@@ -174,11 +175,7 @@ class LRAClassifier(BortPreTrainedModel):
         check_inputs(self.config, input_ids, attention_mask)  # ids in the vocabulary, a 0/1 mask: named errors
         # None when nothing is padded: the mechanisms' fast path.
         key_padding = None if attention_mask is None or bool(attention_mask.bool().all()) else attention_mask.bool()
-        x = self.embeddings(input_ids)
-        for layer in self.encoder.layer:
-            x, _ = layer(x, key_padding)
-        if self.encoder.final_layer_norm is not None:
-            x = self.encoder.final_layer_norm(x)
+        x = self.encoder(self.embeddings(input_ids), key_padding).last_hidden_state
         if self.pooling == "mean_padded":
             return x, mean_pool_padded(x, key_padding, self.config.max_position_embeddings)
         return x, mean_pool(x, key_padding)
@@ -245,54 +242,95 @@ ARCHITECTURES = {"single": LRAClassifier, "dual": LRADualClassifier}
 
 
 def architecture_of(model: LRAClassifier) -> str:
-    """"dual" for a `LRADualClassifier`, else "single" (the key saved in lra_config.json)."""
+    """"dual" for a `LRADualClassifier`, else "single" (saved as config.json's lra.architecture)."""
     return "dual" if isinstance(model, LRADualClassifier) else "single"
 
 
 # --- saving and loading ------------------------------------------------------------------------------------
+def lra_checkpoint_config(model: LRAClassifier, task: str | None = None,
+                          vocab: Sequence[str] | None = None) -> LRAConfig:
+    """The config saved for `model`: its encoder's fields and its settings (`bort.lra.config`). `task` and
+    `vocab` default to what the model's config already records (a loaded model's; else null)."""
+    saved = model.config.lra if isinstance(model.config, LRAConfig) else {}
+    return LRAConfig.from_encoder(
+        model.config, task=task if task is not None else saved.get("task"), architecture=architecture_of(model),
+        pooling=model.pooling, ffn_dropout=model.ffn_dropout,
+        vocab=list(vocab) if vocab is not None else saved.get("vocab"))
+
+
+def lra_model_from_config(config: LRAConfig) -> LRAClassifier:
+    """A fresh classifier of `config`'s architecture, pooling and FFN dropout (a bad value: ValueError)."""
+    settings = config.lra
+    return ARCHITECTURES[settings["architecture"]](config, pooling=settings.get("pooling", "mean"),
+                                                  ffn_dropout=settings.get("ffn_dropout", 0.0))
+
+
+def read_legacy_lra(directory: str | os.PathLike) -> tuple[LRAConfig, dict[str, torch.Tensor]]:
+    """(config, state dict) of a directory in the layout written before LRA models were native checkpoints:
+    `lra_config.json` ({"bort_lra_format_version": 1, "encoder": {BortConfig fields}, "task", "pooling",
+    "ffn_dropout", "architecture", "vocab"}; the last four absent from the oldest files: our defaults) and
+    `model.safetensors`."""
+    directory = Path(directory)
+    config_path = directory / LEGACY_CONFIG_NAME
+    values = read_json_config(config_path)
+    if LEGACY_FORMAT_KEY not in values or "encoder" not in values:
+        raise CheckpointError(f"{config_path}: not an LRA model config (no {LEGACY_FORMAT_KEY!r} / 'encoder')")
+    try:
+        encoder = BortConfig.from_dict(values["encoder"], source=f"{config_path} (encoder)")
+        config = LRAConfig.from_encoder(
+            encoder, task=values.get("task"), architecture=values.get("architecture", "single"),
+            pooling=values.get("pooling", "mean"), ffn_dropout=values.get("ffn_dropout", 0.0),
+            vocab=values.get("vocab"))
+    except ConfigError as err:
+        raise CheckpointError(f"{config_path}: {err}") from None
+    return config, read_safetensors(directory / WEIGHTS_NAME)
+
+
 def save_lra_model(model: LRAClassifier, directory: str | os.PathLike, task: str,
                    vocab: Sequence[str] | None = None) -> Path:
-    """Write `model.safetensors` then `lra_config.json` into `directory`, each atomically."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "bort_task": f"lra-{task}"})
-    values = {FORMAT_KEY: 1, "task": task, "pooling": model.pooling, "ffn_dropout": model.ffn_dropout,
-              "encoder": model.config.to_dict(),
-              "architecture": architecture_of(model), "vocab": list(vocab) if vocab is not None else None}
-    atomic_write_text(directory / CONFIG_NAME, json.dumps(values, indent=2, sort_keys=True) + "\n")
-    return directory
+    """Write `model` as a native checkpoint (`model.safetensors` then `config.json`, each atomically) whose
+    config records `task`, `vocab` and the model's settings (`lra_checkpoint_config`)."""
+    return save_native(model, directory, config=lra_checkpoint_config(model, task, vocab))
 
 
 def load_lra_model(directory: str | os.PathLike) -> tuple[LRAClassifier, dict[str, Any]]:
-    """(model in eval mode, its lra_config.json values) from a directory written by `save_lra_model`."""
-    from ..checkpoint.errors import CheckpointError
-    from ..checkpoint.native import read_json_config, read_safetensors
-
+    """(model in eval mode, its settings) from a directory written by `save_lra_model` or, before LRA models
+    were native checkpoints, by its predecessor (`read_legacy_lra`). The settings are {"task", "architecture",
+    "pooling", "ffn_dropout", "vocab", "encoder": the encoder's BortConfig fields}, whichever the layout."""
     directory = Path(directory)
     config_path = directory / CONFIG_NAME
-    if not config_path.is_file():
+    if config_path.is_file():
+        values = read_json_config(config_path)
+        if FORMAT_KEY not in values:
+            raise CheckpointError(f"{config_path}: not a bort checkpoint config (no {FORMAT_KEY!r})")
+        config, task = native_config_from_values(values, config_path)
+        if task != LRA_TASK:
+            raise CheckpointError(f"{config_path}: a bort checkpoint of task {task!r}, not an LRA model (task "
+                                  f"{LRA_TASK!r}); open it with bort.checkpoint.load_pretrained")
+        state = read_safetensors(directory / WEIGHTS_NAME)
+    elif (directory / LEGACY_CONFIG_NAME).is_file():
+        config_path = directory / LEGACY_CONFIG_NAME
+        config, state = read_legacy_lra(directory)
+    else:
         raise CheckpointError(f"{config_path}: not found; an LRA model directory holds {CONFIG_NAME} and "
-                              f"{WEIGHTS_NAME} (written by `bort lra` as <output-dir>/best)")
-    values = read_json_config(config_path)
-    if FORMAT_KEY not in values or "encoder" not in values:
-        raise CheckpointError(f"{config_path}: not an LRA model config (no {FORMAT_KEY!r} / 'encoder')")
-    config = BortConfig.from_dict(values["encoder"], source=f"{config_path} (encoder)")
-    architecture = values.get("architecture", "single")  # files written before pair tasks existed: single
-    if architecture not in ARCHITECTURES:
-        raise CheckpointError(f"{config_path}: unknown architecture {architecture!r}; valid: "
-                              f"{', '.join(ARCHITECTURES)}")
-    # Files written before these options existed: our defaults. A bad value is the file's fault: named.
-    pooling, ffn_dropout = values.get("pooling", "mean"), values.get("ffn_dropout", 0.0)
-    try:
-        model = ARCHITECTURES[architecture](config, pooling=pooling, ffn_dropout=ffn_dropout)
+                              f"{WEIGHTS_NAME} (written by `bort lra` as <output-dir>/best), or {LEGACY_CONFIG_NAME} "
+                              f"and {WEIGHTS_NAME} (runs from before LRA models were native checkpoints)")
+    try:  # a bad pooling or FFN dropout is the file's fault: named
+        model = lra_model_from_config(config)
     except ValueError as err:
         raise CheckpointError(f"{config_path}: {err}") from None
-    state = read_safetensors(directory / WEIGHTS_NAME)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{directory / WEIGHTS_NAME}: does not match {config_path}: missing "
                               f"{', '.join(missing[:5]) or 'none'}; unexpected {', '.join(unexpected[:5]) or 'none'}")
     model.eval()
-    return model, values
+    return model, dict(config.lra, encoder=config.encoder_config.to_dict())
+
+
+def _model_config(model: torch.nn.Module) -> LRAConfig | None:
+    return lra_checkpoint_config(model) if isinstance(model, LRAClassifier) else None
+
+
+# How bort.checkpoint saves and opens LRA classifiers (task "lra"; bort.checkpoint.kinds).
+LRA_KIND = ModelKind(task=LRA_TASK, config_class=LRAConfig, build=lra_model_from_config, model_config=_model_config,
+                     read_legacy=read_legacy_lra)

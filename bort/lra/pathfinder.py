@@ -34,7 +34,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..data.tasks.base import BadRow, BadRowSink, RowError
-from .data import EncodedSplit, LRASplits
+from .splits import EncodedSplit, LRASplits
 from .image import DEV_FRACTION, PIXEL_PAD_ID, PIXEL_VOCAB, fraction_split
 
 __all__ = ["DIFFICULTIES", "DEFAULT_DIFFICULTY", "PathfinderRow", "PathfinderData", "find_difficulty_dir",

@@ -33,13 +33,11 @@ data set is the same whatever the folder size; the labels are a seeded balanced 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -390,38 +388,7 @@ def write_pathfinder(out: str | os.PathLike, count: int, difficulty: str = DIFFI
     return final
 
 
-# --- command line ------------------------------------------------------------------------------------------
-def add_generate_args(parser: argparse.ArgumentParser) -> None:
-    """Flags of `bort lra generate-pathfinder` / `python -m bort.lra.pathfinder_gen`."""
-    a = parser.add_argument
-    a("out_dir", metavar="OUT_DIR", help="directory to write <difficulty>/imgs and <difficulty>/metadata into "
-                                         "(e.g. data/pathfinder32; `bort lra pathfinder32 --data` takes it)")
-    a("--count", type=int, default=2000, help="number of images (half positive)")
-    a("--difficulty", default=DIFFICULTIES["hard"],
-      help=f"{', '.join(DIFFICULTY_PARAMS)} or easy/intermediate/hard (paths of 6, 9, 14 dashes)")
-    a("--seed", type=int, default=0)
-    a("--images-per-file", dest="images_per_file", type=int, default=1000, help="images per imgs/<k> folder")
-    a("--overwrite", action="store_true", help="replace an existing difficulty directory")
+if __name__ == "__main__":  # `python -m bort.lra.pathfinder_gen OUT_DIR …`: the flags of `bort lra generate-pathfinder`
+    from .cli import main_pathfinder
 
-
-def run_generate(args: argparse.Namespace) -> int:
-    """Generate from parsed flags; print where the data went and the class balance (JSON). Bad settings
-    print one line and return 2."""
-    try:
-        path = write_pathfinder(args.out_dir, args.count, args.difficulty, args.seed, args.images_per_file,
-                                args.overwrite)
-    except (ValueError, FileExistsError, RuntimeError) as err:
-        print(f"bort lra generate-pathfinder: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps({"path": str(path), "count": args.count, "positives": args.count // 2, "seed": args.seed}))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bort.lra.pathfinder_gen", description=__doc__.splitlines()[0])
-    add_generate_args(parser)
-    return run_generate(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main_pathfinder())

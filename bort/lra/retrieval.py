@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from ..data.tasks.base import BadRowSink, RowError, iter_rows
 from .rows import LabelledRows
 from . import bytes as byte_vocab
-from .data import EncodedSplit, LRASplits
+from .splits import EncodedSplit, LRASplits
 from .splitting import byte_splits, find_split_files, split_rows
 from .tsv import locate_column, parse_label, require_file, split_fields
 

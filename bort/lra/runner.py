@@ -35,24 +35,25 @@ from tqdm import tqdm
 from ..atomic import atomic_write_text
 from ..checkpoint.errors import CheckpointError
 from ..train.checkpointing import latest_checkpoint, load_trainer_state, write_checkpoint
-from ..train.metrics import JsonlLogger, plot_loss_and_dev, read_jsonl
+from ..train.metrics import TENSORBOARD_DIR, JsonlLogger, check_report_to, plot_loss_and_dev, read_jsonl
 from ..train.optim import build_optimizer
 from ..train.resume import check_resume_settings
 from ..train.run_dir import claim_output_dir
 from . import batching
-from .data import EncodedSplit, LRASplits, load_splits
+from .data import load_splits
 from .model import LRAClassifier, LRADualClassifier, lra_config, load_lra_model, save_lra_model
 from .schedule import build_lra_schedule, restore_lra_schedule
+from .splits import EncodedSplit, LRASplits
 from .tasks import PAPER_ATTENTION, LRATask, get_recipe, get_task, position_rows, resolve_attention
 
 logger = logging.getLogger(__name__)
 
 # Settings that may differ between a run and its resumption (they change no number of the run).
 _RESUME_FREE = {"output_dir", "resume", "overwrite", "allow_setting_change", "progress", "log_interval",
-                "eval_batch_size"}
+                "eval_batch_size", "report_to"}
 # What a run writes into its output directory: a fresh run refuses a directory holding any of them (unless
 # resume or overwrite), and overwrite removes exactly these.
-ARTEFACTS = ("checkpoints", "best", "metrics.jsonl", "results.json", "curves.png")
+ARTEFACTS = ("checkpoints", "best", "metrics.jsonl", "results.json", "curves.png", TENSORBOARD_DIR)
 _STATE_TYPES = {"step": int, "epoch": int, "cursor": int, "rng_state": torch.Tensor, "optimizer": dict,
                 "schedule": dict, "best_accuracy": (int, float), "best_step": int, "history": list,
                 "step_seconds": list, "eval_seconds": (int, float), "settings": dict}
@@ -94,6 +95,12 @@ class LRASettings:
     allow_setting_change: list[str] = field(default_factory=list)  # settings `resume` may change (e.g. max_steps)
     progress: bool = True
     log_interval: int = 10
+    report_to: str | None = None  # "tensorboard": metrics.jsonl's records also as TensorBoard events
+
+    def __post_init__(self) -> None:
+        problem = check_report_to(self.report_to)
+        if problem is not None:
+            raise ValueError(f"report_to {problem}")
 
     def resolved(self, task: LRATask) -> dict[str, Any]:
         """Every setting with the preset's values filled in (what results.json records)."""
@@ -195,12 +202,10 @@ class LRATrainer:
                                            self.values["warmup_ratio"], self.values["lr"])
         self.penalty = None
         if settings.dam_lambda:
-            from ..attention.dam import dam_masks, mask_penalty
-
-            if not dam_masks(self.model):  # else λ would silently multiply nothing
+            if self.model.attention_regularization() is None:  # else λ would silently multiply nothing
                 raise ValueError(f"dam_lambda {settings.dam_lambda} needs attention dam_s or dam_u (a mask to "
                                  f"learn), not {settings.attention!r}")
-            self.penalty = mask_penalty
+            self.penalty = type(self.model).attention_regularization
         self.rng_state = torch.get_rng_state()  # this run's RNG (dropout, DAM samples, YOSO hashes)
         self.step, self.epoch, self.cursor = 0, 0, 0
         self.best_accuracy, self.best_step = -1.0, 0
@@ -463,7 +468,8 @@ def run_lra(settings: LRASettings, on_event: Callable[[dict[str, Any]], None] | 
         if not resumed:
             trainer.clear_outputs()  # a --resume that found no checkpoint: whatever else is there starts over
         if out is not None:
-            log = JsonlLogger(out / "metrics.jsonl", resume_step=trainer.step if resumed else None)
+            log = JsonlLogger(out / "metrics.jsonl", resume_step=trainer.step if resumed else None,
+                              report_to=settings.report_to)
         try:
             while not trainer.done:
                 trainer.train_steps(trainer.total - trainer.step)

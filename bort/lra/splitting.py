@@ -13,6 +13,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from . import bytes as byte_vocab
+from .splits import LRASplits
+
 __all__ = ["seeded_split", "carve_dev", "find_split_files", "split_rows", "byte_splits"]
 
 logger = logging.getLogger(__name__)
@@ -72,12 +75,9 @@ def split_rows(loaded: Mapping[str, Any] | None, rows: Any, dev_size: int, test_
 
 
 def byte_splits(task: str, parts: Mapping[str, Sequence[Any]], encode: Callable[[str, Sequence[Any], int], Any],
-                max_length: int, source: dict[str, Any], bad: list) -> Any:
+                max_length: int, source: dict[str, Any], bad: list) -> LRASplits:
     """The `LRASplits` of a byte-level task: every split through `encode(name, rows, max_length) → (split,
     truncated count)`, truncation counted and logged, the class count taken from the labels."""
-    from . import bytes as byte_vocab
-    from .data import LRASplits
-
     encoded, truncated = {}, 0
     for name in ("train", "dev", "test"):
         encoded[name], cut = encode(name, parts[name], max_length)

@@ -4,11 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 
-from ..atomic import WriteError
+from ..cli import add_alias, add_no_progress, run_reporting, script_parser
 from .runner import SearchSettings, run_search
-from .space import SearchSpaceError
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +19,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     a("--test", action="append", required=True, help="held-out shards the error is measured on")
     a("--output-dir", dest="output_dir", default="search_output",
       help="reports, cache/ (one JSON per candidate) and search_log.jsonl; rerun with the same directory to resume")
-    a("--epsilon", type=float, default=None, help="FPTAS ε in (0, 1): the choice is within (1 − ε) of the optimum "
-                                                   "(default 0.5)")
+    add_alias(parser, a("--fptas-epsilon", dest="epsilon", type=float, default=None,
+                        help="FPTAS ε in (0, 1): the choice is within (1 − ε) of the optimum (default 0.5)"),
+              "--epsilon")  # its earlier name
     a("--interval-steps", dest="interval_steps", type=int, default=None,
       help="optimiser steps per interval s of the truncated run; held-out evaluation after each (default 10)")
     a("--intervals", type=int, default=None, help="intervals per truncated run (default 2)")
@@ -40,7 +39,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     a("--seed", type=int, default=None)
     a("--batch-size", dest="batch_size", type=int, default=None, help="distillation batch size of the truncated runs")
     a("--lr", type=float, default=None, help="distillation learning rate of the truncated runs")
-    a("--no-progress", dest="progress", action="store_false")
+    add_no_progress(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
@@ -62,13 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="FPTAS sub-architecture search over layers, heads, hidden and "
-                                                 "intermediate sizes.")
-    add_args(parser)
+    parser = script_parser("run_search.py", "FPTAS sub-architecture search over layers, heads, hidden and "
+                                            "intermediate sizes.", add_args)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (SearchSpaceError, ValueError, FileNotFoundError, WriteError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_reporting(parser.prog, run, args)

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from ..cli import add_no_progress
 from .download import PART_SIZE, THREADS
 from .errors import StorageError
 from .verify import MiB
@@ -30,7 +31,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-sign-request", action="store_true",
                         help="anonymous requests, for public buckets when no credentials are configured")
     parser.add_argument("--retries", type=int, default=5, help="retries of a failed transfer (with backoff)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_no_progress(parser)
 
 
 def add_fetch_args(parser: argparse.ArgumentParser) -> None:
@@ -43,10 +44,10 @@ def add_fetch_args(parser: argparse.ArgumentParser) -> None:
                         help="file or directory (default: the key's name in the current directory)")
     parser.add_argument("--restart", action="store_true", help="discard a partial download and start over")
     parser.add_argument("--threads", type=_positive_int("--threads", 256), default=THREADS,
-                        help=f"parallel ranged GETs (default {THREADS})")
+                        help="parallel ranged GETs")
     parser.add_argument("--part-size-mib", type=_positive_int("--part-size-mib", 5 * 1024), default=PART_SIZE // MiB,
                         help=f"MiB per part: progress is recorded per part, so an interrupted download resumes "
-                             f"with only the missing parts (default {PART_SIZE // MiB})")
+                             "with only the missing parts")
     _common(parser)
 
 
