@@ -59,7 +59,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `bort` import
 from bench import common  # noqa: E402
 from bort.attention import available_attention, patterns  # noqa: E402
 from bort.lra.data import load_splits  # noqa: E402
-from bort.lra.runner import LRASettings, LRATrainer  # noqa: E402
+from bort.lra.runner import LRARecipe, LRASettings  # noqa: E402
 from bort.lra.tasks import RECIPES, get_recipe, get_task  # noqa: E402
 
 NAME = "lra_listops"
@@ -109,7 +109,7 @@ def _settings(label: str, args: argparse.Namespace, out: Path) -> LRASettings:
         dam_lambda=DAM_LAMBDA if mechanism.startswith("dam") else 0.0, progress=False)
 
 
-def _extras(mechanism: str, trainer: LRATrainer) -> dict[str, Any]:
+def _extras(mechanism: str, trainer: LRARecipe) -> dict[str, Any]:
     """Mechanism-specific facts: BigBird's sparsity at typical lengths, DAM's learned mask density."""
     if mechanism == "bigbird":
         params = {k: v for k, v in trainer.values["attention_params"].items()}
@@ -120,7 +120,7 @@ def _extras(mechanism: str, trainer: LRATrainer) -> dict[str, Any]:
     return {}
 
 
-def dam_kept_pct(trainer: LRATrainer, lengths: tuple[int, ...]) -> dict[int, float]:
+def dam_kept_pct(trainer: LRARecipe, lengths: tuple[int, ...]) -> dict[int, float]:
     """The share (%) of query-key pairs that a DAM run's best-dev checkpoint keeps (its deterministic mask, the
     one evaluation uses) at each of `lengths` that its logits cover."""
     from bort.attention.dam import dam_masks, export_mask
@@ -200,7 +200,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(prefix="lra_listops_"))
     start = time.perf_counter()
     try:
-        trainers = {row_label(m, args.recipe): LRATrainer(_settings(m, args, out), splits) for m in mechanisms}
+        trainers = {row_label(m, args.recipe): LRARecipe(_settings(m, args, out), splits).build()
+                    for m in mechanisms}
         for trainer in trainers.values():
             trainer.clear_outputs()
         rounds = train_interleaved(trainers, args.chunk, start)

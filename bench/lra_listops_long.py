@@ -88,7 +88,7 @@ from bench.lra_listops import (  # noqa: E402
 from bort.atomic import atomic_write_text  # noqa: E402
 from bort.lra import batching, listops_gen  # noqa: E402
 from bort.lra.data import load_splits  # noqa: E402
-from bort.lra.runner import LRASettings, LRATrainer  # noqa: E402
+from bort.lra.runner import LRARecipe, LRASettings  # noqa: E402
 from bort.lra.tasks import get_task  # noqa: E402
 
 NAME = "lra_listops_long"
@@ -114,7 +114,7 @@ def _settings(label: str, args: argparse.Namespace, data: Path, out: Path) -> LR
         seed=args.seed, dam_lambda=DAM_LAMBDA if mechanism.startswith("dam") else 0.0, progress=False)
 
 
-def _probe(trainers: dict[str, LRATrainer], args: argparse.Namespace) -> dict[str, Any]:
+def _probe(trainers: dict[str, LRARecipe], args: argparse.Namespace) -> dict[str, Any]:
     """Forward + backward of every mechanism's model on one batch of width `probe_length`, interleaved.
 
     `trainers` may hold an untrained dense model that only serves as the timing reference (a run of some
@@ -124,7 +124,7 @@ def _probe(trainers: dict[str, LRATrainer], args: argparse.Namespace) -> dict[st
     rows = torch.randint(1, vocab, (args.probe_batch, args.probe_length), generator=gen)
     labels = torch.randint(0, 10, (args.probe_batch,), generator=gen)
 
-    def step(trainer: LRATrainer):
+    def step(trainer: LRARecipe):
         # Padded to the mechanism's multiple (a block pattern needs its block to divide the width), as in training.
         ids, mask = batching.collate(rows.tolist(), trainer.splits.pad_id, trainer.multiple)
 
@@ -193,7 +193,7 @@ def _data(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     return info
 
 
-def _load_rounds(path: Path, trainers: dict[str, LRATrainer]) -> dict[str, dict[int, float]]:
+def _load_rounds(path: Path, trainers: dict[str, LRARecipe]) -> dict[str, dict[int, float]]:
     """Per-round seconds recorded by an earlier run, minus the rounds its trainers will redo (past their
     resumed checkpoints)."""
     if not path.is_file():
@@ -212,7 +212,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         _check_plan(work, _plan(args, mechanisms))
         info = _data(work, args)
         splits = load_splits(get_task("listops"), work / "data")
-        trainers = {m: LRATrainer(_settings(m, args, work / "data", work / "runs"), splits) for m in mechanisms}
+        trainers = {m: LRARecipe(_settings(m, args, work / "data", work / "runs"), splits).build()
+                    for m in mechanisms}
         resumed = {m: t.resume() and t.step for m, t in trainers.items()} if keep else {}
         if any(resumed.values()):
             print("resumed: " + ", ".join(f"{m} at step {s}" for m, s in resumed.items() if s), flush=True)
@@ -222,7 +223,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             on_round=lambda r: atomic_write_text(rounds_path, json.dumps(r, sort_keys=True) + "\n") if keep else None)
         probed = dict(trainers)
         if "dense" not in probed and args.probe_repeats > 0:
-            probed["dense"] = LRATrainer(_settings("dense", args, work / "data", work / "probe"), splits)
+            probed["dense"] = LRARecipe(_settings("dense", args, work / "data", work / "probe"), splits).build()
         probe = _probe(probed, args) if args.probe_repeats > 0 else None
         if probe is not None:
             probe["reference"] = "dense, trained in this run" if "dense" in trainers else \

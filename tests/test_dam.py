@@ -585,7 +585,7 @@ def test_finetune_trainer_does_not_decay_the_mask_logits(monkeypatch):
 
 def test_lra_trainer_does_not_decay_the_mask_logits_and_refuses_lambda_without_a_mask(tmp_path):
     from bort.lra import listops
-    from bort.lra.runner import LRASettings, LRATrainer
+    from bort.lra.runner import LRARecipe, LRASettings
 
     from conftest import shared_path
 
@@ -595,10 +595,10 @@ def test_lra_trainer_does_not_decay_the_mask_logits_and_refuses_lambda_without_a
     data.write_text("".join(f"{r.label}\t{r.expression}\n" for r in rows), encoding="utf-8")
     settings = LRASettings(data=str(data), output_dir=None, attention="dam_s", max_steps=2, batch_size=8,
                            weight_decay=0.1, dev_size=10, test_size=10, progress=False, dam_lambda=1e-3)
-    run = LRATrainer(settings)
+    run = LRARecipe(settings).build()
     _assert_only_logits_exempted(_decay_of(run.optimizer, run.model), 0.1)
     with pytest.raises(ValueError, match="dam_lambda 0.001 needs attention dam_s or dam_u.*not 'dense'"):
-        LRATrainer(LRASettings(**{**settings.__dict__, "attention": "dense"}))
+        LRARecipe(LRASettings(**{**settings.__dict__, "attention": "dense"})).build()
 
 
 def test_distillation_recipe_does_not_decay_the_mask_logits(shards, tmp_path):

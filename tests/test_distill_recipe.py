@@ -235,3 +235,31 @@ def test_student_initialised_from_teacher_layers(data, teacher, tmp_path):
         assert torch.equal(student[key.format(s_idx)], source[key.format(t_idx)])
     with pytest.raises(Exception, match="shapes differ"):
         run_distillation(_settings(data, tmp_path / "bad", teacher=str(teacher), student_init="teacher"))
+
+
+def test_settings_are_checked_when_built_every_problem_at_once(tmp_path):
+    from bort.distill.recipe import DistillationRecipe
+    from bort.train.recipe import Recipe
+    from bort.train.settings import SettingsError
+
+    with pytest.raises(SettingsError) as err:
+        DistillSettings(train=["x.rec"], batch_size=0, accumulate=True, lr=-1e-4, warmup_ratio=1.0,
+                        optimizer="sgd", schedule="cosine", precision="fp8", student_init="copy", log_interval=0,
+                        eval_interval=-1, max_steps=0, temperature=0.0, launcher="slurm", progress="no")
+    message = str(err.value)
+    assert message.startswith("DistillSettings: ")
+    for part in ("batch_size must be a positive integer, got 0", "accumulate must be a positive integer, got True",
+                 "lr must be >= 0, got -0.0001", "warmup_ratio must be in [0, 1), got 1.0",
+                 "optimizer 'sgd' is not one of adamw, bertadam", "schedule 'cosine' is not one of linear, poly",
+                 "precision 'fp8' is not one of fp32, bf16, fp16", "student_init 'copy' is not one of random, teacher",
+                 "log_interval must be a positive integer, got 0", "eval_interval must be an integer >= 0, got -1",
+                 "max_steps must be a positive integer, got 0", "temperature must be > 0, got 0.0",
+                 "launcher 'slurm' is not one of auto", "progress must be true or false, got 'no'"):
+        assert part in message, part
+    # Copying the teacher's layers needs a teacher: refused before the output directory is claimed.
+    with pytest.raises(SettingsError, match="student_init 'teacher' needs a teacher.*--student-init teacher needs "
+                                            "--teacher"):
+        DistillSettings(train=["x.rec"], student_init="teacher", output_dir=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    settings = DistillSettings(train="x.rec", eval_interval=0, checkpoint_interval=0, keep_checkpoints=0, lr=0.0)
+    assert settings.train == ["x.rec"] and issubclass(DistillationRecipe, Recipe)

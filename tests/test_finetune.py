@@ -227,3 +227,31 @@ def test_run_finetune_sh_launches_like_the_original(tiny_model, tmp_path):
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["dev_examples"] == 20
     r = subprocess.run([str(REPO / "scripts" / "run_finetune.sh")], capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_hparams_and_settings_declare_their_checks_and_report_every_problem():
+    """One validation path (`bort.train.settings`): each field's constraint is declared, all problems are
+    listed at once under the class name; HParams stays frozen and hashable (grids compare trials by value)."""
+    from bort.finetune.runner import FinetuneRecipe
+    from bort.train.recipe import Recipe
+    from bort.train.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=r"^HParams: lr must be > 0, got -1; batch_size must be a positive "
+                                            r"integer, got True; warmup_ratio must be in \[0, 1\), got 1"):
+        HParams(lr=-1, batch_size=True, warmup_ratio=1)
+    with pytest.raises(ValueError, match=r"optimizer 'sgd' is not one of adamw, bertadam"):
+        HParams(optimizer="sgd")
+    assert HParams(optimizer="AdamW").optimizer == "AdamW"  # build_optimizer takes any case
+    assert len({HParams(), HParams(), HParams(lr=1e-3)}) == 2
+    with pytest.raises(AttributeError):
+        HParams().lr = 1.0  # type: ignore[misc]
+
+    with pytest.raises(SettingsError, match=r"^FinetuneSettings: max_length must be a positive integer, got 0; "
+                                            r"patience must be a positive integer, got 0; log_interval must be a "
+                                            r"positive integer, got 0; report_to must be one of none, tensorboard"):
+        FinetuneSettings(task="SST-2", model="m", max_length=0, patience=0, log_interval=0, report_to="wandb")
+    with pytest.raises(SettingsError, match=r"config must be a JSON object"):
+        FinetuneSettings(task="SST-2", model="m", config=["attention"])
+    settings = FinetuneSettings(task="SST-2", model="m", hparams=HParams(lr=1e-3), dev_split=10)
+    assert FinetuneSettings.from_dict(settings.to_dict()) == settings  # what metrics.json records reads back
+    assert issubclass(FinetuneRecipe, Recipe) and "metrics.json" in FinetuneRecipe.artefacts

@@ -184,3 +184,33 @@ def test_agora_command_writes_rounds_report_and_final_model(tiny, tmp_path):
     rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["event"] for r in rounds] == ["round", "final"]
     assert (out / "agora.png").stat().st_size > 0 and (out / "best" / "config.json").exists()
+
+
+def test_grid_and_agora_settings_are_checked_before_the_output_directory_is_touched(tmp_path):
+    from bort.finetune.agora_recipe import AgoraSettings
+    from bort.train.settings import SettingsError
+
+    spec = grid_mod.load_grid({"task": "SST-2", "model": "m", "grid": {"lr": [1e-4]}})
+    out = tmp_path / "out"
+    with pytest.raises(SettingsError, match=r"^GridSettings: workers must be a positive integer, got 0; backend "
+                                            r"'slurm' is not one of local, ray"):
+        grid_mod.run_grid(spec, out, workers=0, backend="slurm", progress=False)
+    assert not out.exists()
+
+    with pytest.raises(SettingsError, match=r"^AgoraSettings: per_error must be a positive integer, got 0; holdout "
+                                            r"must be an integer >= 0, got -1; --generator mlm needs --mlm-teacher"):
+        AgoraSettings(grid="g.json", reference="r", generator="mlm", per_error=0, holdout=-1)
+    with pytest.raises(SettingsError, match="reference must name the fine-tuned model that labels the generated "
+                                            "points, got ''"):
+        AgoraSettings(grid="g.json", reference="")
+    assert not out.exists()
+
+
+def test_grid_keep_checkpoints_overrides_the_grid_files_setting(tiny, tmp_path):
+    cand, _ = tiny
+    settings = grid_mod.GridSettings(grid=str(_grid_file(tmp_path, cand, [1e-3])), output_dir=str(tmp_path / "o"),
+                                     progress=False, keep_checkpoints=False)
+    summary = grid_mod.GridRecipe(settings).run()
+    assert summary["trials"] == 1 and summary["best"] == summary["results"][0]
+    assert not (tmp_path / "o" / "trials" / summary["best"]["id"] / "best").exists()
+    assert (tmp_path / "o" / "results.json").exists()

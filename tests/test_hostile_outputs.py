@@ -26,7 +26,7 @@ from bort.data.pretraining import create_pretraining_data
 from bort.data.recordio import RecordIOReader, RecordIOWriter
 from bort.distill.recipe import DistillSettings, run_distillation
 from bort.lra import listops_gen
-from bort.lra.runner import LRASettings, LRATrainer, run_lra
+from bort.lra.runner import LRARecipe, LRASettings, run_lra
 from bort.tokenization import load_tokenizer
 from bort.train import checkpointing
 from bort.train.metrics import read_jsonl
@@ -283,9 +283,7 @@ def test_claim_overwrite_removes_only_the_named_artefacts(tmp_path):
 def _runners(tmp_path: Path) -> dict:
     """Each command that writes an output directory, started into `out` with inputs that are never reached
     (nothing is read before the directory is claimed)."""
-    import argparse
-
-    from bort.finetune.agora_recipe import run_agora
+    from bort.finetune.agora_recipe import AgoraSettings, run_agora
     from bort.finetune.grid import load_grid, run_grid
     from bort.finetune.runner import FinetuneSettings, run_finetune
     from bort.search.runner import SearchSettings, run_search
@@ -297,7 +295,7 @@ def _runners(tmp_path: Path) -> dict:
         "finetune": lambda out: run_finetune(FinetuneSettings(task="SST-2", model=str(tmp_path / "model"),
                                                               data_dir=str(tmp_path), output_dir=str(out))),
         "grid": lambda out: run_grid(load_grid(grid), out, progress=False),
-        "agora": lambda out: run_agora(argparse.Namespace(grid=str(grid_file), output_dir=str(out), overwrite=False)),
+        "agora": lambda out: run_agora(AgoraSettings(grid=str(grid_file), reference="unused", output_dir=str(out))),
         "search": lambda out: run_search(SearchSettings(space=str(tmp_path / "space.json"), train=["x.rec"],
                                                         test=["y.rec"], output_dir=str(out))),
         "lra": lambda out: run_lra(_lra(tmp_path / "rows.tsv", out)),
@@ -491,7 +489,7 @@ def test_logged_lr_is_the_rate_each_distillation_step_used(data, tmp_path):
 
 def test_logged_lr_is_the_rate_each_lra_step_used(listops_tsv):
     records: list[dict] = []
-    trainer = LRATrainer(_lra(listops_tsv, None, max_steps=6), on_event=records.append)
+    trainer = LRARecipe(_lra(listops_tsv, None, max_steps=6), on_event=records.append).build()
     trainer.train_steps(6)
     logged = [r["lr"] for r in records if r["event"] == "train"]
     assert logged == pytest.approx([1e-3 * WarmupDecay(6, 3)(n - 1) for n in range(1, 7)])

@@ -17,7 +17,7 @@ from bort.data.tasks.base import TaskDataError
 from bort.lra import batching, listops, listops_gen
 from bort.lra.data import load_listops
 from bort.lra.model import LRAClassifier, LRADualClassifier, load_lra_model, lra_config
-from bort.lra.runner import LRASettings, LRATrainer, evaluate_split, pad_multiple_for, run_lra
+from bort.lra.runner import LRARecipe, LRASettings, evaluate_split, pad_multiple_for, run_lra
 from bort.lra.tasks import TASKS, get_task
 from bort.model import BortModel, BortPreTrainedModel
 from conftest import shared_path
@@ -244,7 +244,7 @@ def test_missing_data_names_the_path_and_what_is_expected(tmp_path: Path, capsys
 
     missing = tmp_path / "nope.tsv"
     with pytest.raises(FileNotFoundError, match=r"nope\.tsv.*label<TAB>expression"):
-        LRATrainer(LRASettings(data=str(missing), output_dir=None))
+        LRARecipe(LRASettings(data=str(missing), output_dir=None)).build()
     assert main(["lra", "listops", "--data", str(missing), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "Source<TAB>Target" in err
@@ -324,7 +324,7 @@ def _settings(data: Path, out: Path | None, **kw) -> LRASettings:
 def test_tiny_training_run_learns_and_writes_outputs(small_listops: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     settings = _settings(small_listops, out, max_steps=60)
-    before = LRATrainer(settings)
+    before = LRARecipe(settings).build()
     initial = before.evaluate("train")
     summary = run_lra(settings)
     model, meta = load_lra_model(out / "best")
@@ -380,7 +380,7 @@ def test_resume_after_a_kill_continues_the_same_run(small_listops: Path, tmp_pat
 
 def test_resume_checks_the_data_by_content_not_by_path(small_listops: Path, tmp_path: Path) -> None:
     run_lra(_settings(small_listops, tmp_path / "run", max_steps=10))
-    trainer_on = lambda data: LRATrainer(_settings(data, tmp_path / "run", max_steps=10))  # noqa: E731
+    trainer_on = lambda data: LRARecipe(_settings(data, tmp_path / "run", max_steps=10)).build()  # noqa: E731
     moved = tmp_path / "moved" / "small.tsv"
     moved.parent.mkdir()
     shutil.copy(small_listops, moved)
@@ -405,11 +405,11 @@ def test_resume_checks_the_data_by_content_not_by_path(small_listops: Path, tmp_
 def test_interleaved_trainers_match_a_run_alone(small_listops: Path) -> None:
     """Each trainer owns its RNG: alternating two runs in one process changes neither."""
     splits = load_listops(small_listops, 2000, dev_size=60, test_size=60)
-    alone = LRATrainer(_settings(small_listops, None, max_steps=12, eval_interval=6), splits)
+    alone = LRARecipe(_settings(small_listops, None, max_steps=12, eval_interval=6), splits).build()
     alone.train_steps(12)
-    a = LRATrainer(_settings(small_listops, None, max_steps=12, eval_interval=6), splits)
-    b = LRATrainer(_settings(small_listops, None, max_steps=12, eval_interval=6, attention="dam_s"
-                             if "dam_s" in available_attention() else "bigbird", seed=5), splits)
+    a = LRARecipe(_settings(small_listops, None, max_steps=12, eval_interval=6), splits).build()
+    b = LRARecipe(_settings(small_listops, None, max_steps=12, eval_interval=6, attention="dam_s"
+                            if "dam_s" in available_attention() else "bigbird", seed=5), splits).build()
     for _ in range(3):
         a.train_steps(4)
         b.train_steps(4)
@@ -451,3 +451,68 @@ def test_bench_script_smoke(small_listops: Path, tmp_path: Path) -> None:
     assert data["rows"][1]["time_vs_dense"]["q1"] <= data["rows"][1]["time_vs_dense"]["median"]
     assert "| bigbird |" in (tmp_path / "lra_listops.md").read_text()
     assert (tmp_path / "lra_listops.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# --- the recipe shape and its settings ---------------------------------------------------------------------------
+def test_bad_explicit_settings_are_refused_when_built_all_at_once() -> None:
+    from bort.train.settings import SettingsError
+
+    with pytest.raises(SettingsError) as err:
+        LRASettings(max_steps=0, batch_size=True, lr=-1.0, eval_interval=0, pad_multiple=0, bucket_pool=0,
+                    eval_batch_size=0, log_interval=0, warmup_ratio=1.5, weight_decay=-0.1, dam_lambda=-1.0,
+                    clip_norm=-1.0, progress=1, recipe="yoso", task="nope", report_to="wandb",
+                    attention_params=[1])
+    message = str(err.value)
+    assert message.startswith("LRASettings: ")
+    for part in ("max_steps must be a positive integer, got 0", "batch_size must be a positive integer, got True",
+                 "lr must be > 0, got -1.0", "eval_interval must be a positive integer, got 0",
+                 "pad_multiple must be a positive integer, got 0", "bucket_pool must be a positive integer, got 0",
+                 "eval_batch_size must be a positive integer, got 0", "log_interval must be a positive integer",
+                 "warmup_ratio must be in [0, 1], got 1.5", "weight_decay must be >= 0, got -0.1",
+                 "dam_lambda must be >= 0", "clip_norm must be >= 0", "progress must be true or false, got 1",
+                 "unknown LRA recipe 'yoso'; valid: bort, paper", "unknown LRA task 'nope'; known tasks: listops",
+                 "report_to must be one of none, tensorboard, got 'wandb'", "attention_params must be a JSON object"):
+        assert part in message
+    # None takes the task's preset; the preset's values are checked once filled in.
+    settings = LRASettings(max_steps=None, batch_size=None, lr=None, task="ListOps")
+    assert settings.resolved(get_task("listops"))["batch_size"] == TASKS["listops"].train.batch_size
+
+
+def test_preset_values_are_checked_when_resolved() -> None:
+    import dataclasses
+
+    from bort.train.settings import SettingsError
+
+    task = get_task("listops")
+    broken = dataclasses.replace(task, train=dataclasses.replace(task.train, batch_size=0, lr=0.0))
+    with pytest.raises(SettingsError, match=r"LRASettings \(task 'listops'\): batch_size must be a positive "
+                                            r"integer, got 0; lr must be > 0, got 0.0"):
+        LRASettings().resolved(broken)
+    assert LRASettings(batch_size=4, lr=1e-3).resolved(broken)["batch_size"] == 4  # explicit values win
+
+
+def test_lra_recipe_has_the_recipe_shape_and_builds_once(small_listops: Path, tmp_path: Path) -> None:
+    from bort.train.recipe import Recipe
+
+    recipe = LRARecipe(_settings(small_listops, None, max_steps=4))
+    assert isinstance(recipe, Recipe) and recipe.model is None  # nothing read before setup / build
+    assert recipe.build() is recipe
+    model = recipe.model
+    assert recipe.build().model is model  # building again keeps the run
+    # A failed run releases its output directory and closes its log: the same directory takes the next run.
+    out = tmp_path / "run"
+    with pytest.raises(FileNotFoundError):
+        LRARecipe(_settings(tmp_path / "missing.tsv", out)).run()
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(record):
+        if record["step"] == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_lra(_settings(small_listops, out, max_steps=4, eval_interval=2), on_event=stop_at_3)
+    summary = LRARecipe(_settings(small_listops, out, max_steps=4, eval_interval=2, resume=True)).run()
+    assert summary["resumed"] and summary["steps"] == 4
+    assert LRARecipe(_settings(small_listops, None, max_steps=4)).save() is None  # no directory, nothing kept

@@ -17,7 +17,7 @@ from bort.data.tasks.base import TaskDataError
 from bort.lra import image as lra_image
 from bort.lra import pathfinder, pathfinder_gen
 from bort.lra.data import load_splits
-from bort.lra.runner import LRASettings, LRATrainer, run_lra
+from bort.lra.runner import LRARecipe, LRASettings, run_lra
 from bort.lra.tasks import get_task
 
 
@@ -193,9 +193,9 @@ def test_image_runs_with_other_mechanisms(mechanism: str, params) -> None:
 
     if mechanism not in available_attention():
         pytest.skip(f"attention {mechanism!r} is not registered in this tree")
-    trainer = LRATrainer(LRASettings(task="image", data="digits", output_dir=None, attention=mechanism,
-                                     attention_params=params, max_steps=2, batch_size=8, eval_interval=2,
-                                     eval_batch_size=200, progress=False))
+    trainer = LRARecipe(LRASettings(task="image", data="digits", output_dir=None, attention=mechanism,
+                                    attention_params=params, max_steps=2, batch_size=8, eval_interval=2,
+                                    eval_batch_size=200, progress=False)).build()
     trainer.train_steps(2)
     assert trainer.history and 0.0 <= trainer.history[-1]["dev_accuracy"] <= 1.0
     assert all(np.isfinite(s) for s in trainer.step_seconds)

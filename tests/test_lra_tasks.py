@@ -18,7 +18,7 @@ from bort.lra import bytes as byte_vocab
 from bort.lra.data import load_splits
 from bort.lra.model import LRAClassifier, LRADualClassifier, load_lra_model, lra_config, save_lra_model
 from bort.lra.retrieval import load_retrieval, read_pairs
-from bort.lra.runner import LRASettings, LRATrainer, evaluate_split, run_lra
+from bort.lra.runner import LRARecipe, LRASettings, evaluate_split, run_lra
 from bort.lra.tasks import get_task
 from bort.lra.text import load_text, read_imdb, read_text_tsv
 from tests.conftest import shared_path
@@ -109,8 +109,8 @@ def test_aclimdb_and_split_file_directories(tmp_path: Path) -> None:
     splits = load_text(data, 4000, text_column="body", label_column="stars")
     assert (len(splits.train), len(splits.dev), len(splits.test), splits.num_classes) == (20, 5, 5, 5)
     assert splits.dev.ids[1] == byte_vocab.encode(sentences[21])[0] and splits.dev.labels[1] == 1
-    trainer = LRATrainer(LRASettings(task="text", data=str(data), output_dir=None, progress=False),
-                         load_text(data, 4000, text_column="body", label_column="stars"))
+    trainer = LRARecipe(LRASettings(task="text", data=str(data), output_dir=None, progress=False),
+                        load_text(data, 4000, text_column="body", label_column="stars")).build()
     assert trainer.model.config.num_labels == 5 and trainer.model.config.vocab_size == 257
 
 
@@ -310,7 +310,7 @@ def test_tiny_run_fits_its_training_rows_and_reports_best_checkpoint(task: str, 
     settings = _settings(task, short_real_data[task], out, batch_size=16, eval_interval=20, dev_size=40,
                          warmup_ratio=0.1, model_overrides={"hidden_dropout_prob": 0.0,
                                                             "attention_probs_dropout_prob": 0.0}, **FIT[task])
-    trainer = LRATrainer(settings)
+    trainer = LRARecipe(settings).build()
     train = trainer.splits.train
     initial = evaluate_split(trainer.model, train, 0)
     summary = run_lra(settings)
@@ -395,7 +395,7 @@ def _paper(data: Path, out: Path | None = None, **kw) -> LRASettings:
     return LRASettings(**values)
 
 
-def _walk_schedule(trainer: LRATrainer) -> list[tuple[float, float]]:
+def _walk_schedule(trainer: LRARecipe) -> list[tuple[float, float]]:
     """(lr, β1) that each optimiser step of the trainer's whole run uses, read from the optimiser as the loop
     does (the schedule is advanced after every step; nothing is trained)."""
     used = []
@@ -410,7 +410,7 @@ def _walk_schedule(trainer: LRATrainer) -> list[tuple[float, float]]:
 def test_paper_schedule_has_the_originals_lr_and_beta1_at_steps_1_1000_and_the_end(tiny_listops: Path) -> None:
     # The original: OneCycleLR(max_lr 1e-4, pct_start 1000/5000, linear) over AdamW: lr 1e-4/25 at step 1, the
     # peak at step 1000, 1e-4/25/1e4 at step 5000; β1 0.95 → 0.85 at the peak → 0.95.
-    trainer = LRATrainer(_paper(tiny_listops))
+    trainer = LRARecipe(_paper(tiny_listops)).build()
     assert (trainer.total, trainer.values["lr"], trainer.values["warmup_ratio"]) == (5000, 1e-4, 0.2)
     used = _walk_schedule(trainer)
     assert used[0] == (pytest.approx(4.0e-6, rel=1e-12), 0.95)
@@ -421,16 +421,16 @@ def test_paper_schedule_has_the_originals_lr_and_beta1_at_steps_1_1000_and_the_e
     assert all(a[0] < b[0] for a, b in zip(used[:999], used[1:1000]))  # rising through warmup, then falling
     assert all(a[0] > b[0] for a, b in zip(used[999:-1], used[1000:]))
     # Our recipe: ~0 at step 1 (1e-4 · 1/1000), β1 fixed at 0.9.
-    ours = _walk_schedule(LRATrainer(_paper(tiny_listops, recipe="bort")))
+    ours = _walk_schedule(LRARecipe(_paper(tiny_listops, recipe="bort")).build())
     assert ours[0] == (pytest.approx(1e-7, rel=1e-12), 0.9) and {b for _, b in ours} == {0.9}
     # A shortened run keeps the warmup fraction: the peak moves with it.
-    short = _walk_schedule(LRATrainer(_paper(tiny_listops, max_steps=50, lr=1e-3)))
+    short = _walk_schedule(LRARecipe(_paper(tiny_listops, max_steps=50, lr=1e-3)).build())
     assert max(range(50), key=lambda i: short[i][0]) == 9 and short[9][1] == pytest.approx(0.85)
 
 
 def test_paper_recipe_model_options(tiny_listops: Path) -> None:
-    paper = LRATrainer(_paper(tiny_listops)).model
-    ours = LRATrainer(_paper(tiny_listops, recipe="bort")).model
+    paper = LRARecipe(_paper(tiny_listops)).build().model
+    ours = LRARecipe(_paper(tiny_listops, recipe="bort")).build().model
     assert paper.embeddings.position_embeddings.weight.shape[0] == 2048  # the original's 2**ceil(log2(2000))
     assert ours.embeddings.position_embeddings.weight.shape[0] == 2000
     assert (paper.pooling, paper.ffn_dropout, ours.pooling, ours.ffn_dropout) == ("mean_padded", 0.1, "mean", 0.0)
@@ -551,7 +551,7 @@ def test_unknown_recipe_lists_the_valid_ones(tiny_listops: Path, tmp_path: Path,
     from bort.cli import main
 
     with pytest.raises(ValueError, match="unknown LRA recipe 'yoso'; valid: bort, paper"):
-        LRATrainer(_paper(tiny_listops, recipe="yoso"))
+        LRARecipe(_paper(tiny_listops, recipe="yoso")).build()
     with pytest.raises(SystemExit):
         main(["lra", "listops", "--data", str(tiny_listops), "--recipe", "original"])
     assert "invalid choice: 'original' (choose from" in capsys.readouterr().err

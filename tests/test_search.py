@@ -313,3 +313,30 @@ def test_bort_search_command_reuses_the_cache(data, teacher, uninterrupted, tmp_
     assert code == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["reused_from_cache"] == printed["evaluated"] == 6 and printed["chosen"] == result["chosen"]
+
+
+def test_settings_are_checked_when_built_before_anything_is_claimed(tmp_path, capsys):
+    from bort.cli import main
+    from bort.search import SearchRecipe
+    from bort.train.recipe import Recipe
+    from bort.train.settings import SettingsError
+
+    with pytest.raises(SettingsError) as err:
+        SearchSettings(space="s.json", train="t.rec", test=[], epsilon=1.0, intervals=0, error_metric="acc",
+                       speed_mode="fast", seed=-1, params_kind="all", exhaustive="yes", distill=["lr"])
+    message = str(err.value)
+    assert message.startswith("SearchSettings: ")
+    for part in ("test is empty: the search's error needs held-out shards: give --test",
+                 "epsilon must be in (0, 1), got 1.0", "intervals must be a positive integer, got 0",
+                 "error_metric 'acc' is not one of eval_mlm_loss", "speed_mode 'fast' is not one of measured, flops",
+                 "seed must be an integer >= 0, got -1", "params_kind 'all' is not one of encoder, effective",
+                 "exhaustive must be true or false, got 'yes'", "distill must be an object"):
+        assert part in message, part
+    settings = SearchSettings(space="s.json", train="t.rec", test="e.rec")
+    assert settings.train == ["t.rec"] and settings.test == ["e.rec"] and issubclass(SearchRecipe, Recipe)
+    # The command line refuses the same way, in one line, before the output directory is made.
+    code = main(["search", str(tmp_path / "space.json"), "--train", "t", "--test", "e", "--fptas-epsilon", "1.5",
+                 "--output-dir", str(tmp_path / "out")])
+    assert code == 2
+    assert "bort search: error: SearchSettings: epsilon must be in (0, 1), got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..cli import add_alias, add_no_progress, run_reporting, script_parser
 from ..train.metrics import REPORT_TO
 from ..train.resume import parse_allowed
-from .recipe import DistillSettings, NonFiniteLossError, run_distillation
+from .recipe import DistillationRecipe, DistillSettings, NonFiniteLossError
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -183,6 +183,8 @@ _PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def settings_from_args(args: argparse.Namespace) -> DistillSettings:
+    """The flags as settings; ranges and cross-field rules are checked there (`DistillSettings`), once for the
+    command line and for Python callers."""
     values = {f: getattr(args, f) for f in DistillSettings.__dataclass_fields__ if hasattr(args, f)}
     values["train"] = [p for item in args.train for p in item.split(",") if p]
     values["test"] = [p for item in args.test for p in item.split(",") if p]
@@ -194,7 +196,7 @@ def settings_from_args(args: argparse.Namespace) -> DistillSettings:
 def run(args: argparse.Namespace) -> int:
     for note in apply_original_args(args):
         logging.getLogger(__name__).info("%s", note)
-    summary = run_distillation(settings_from_args(args))
+    summary = DistillationRecipe(settings_from_args(args)).run()
     if summary.get("rank", 0) == 0:
         print(json.dumps(summary))
     return 0

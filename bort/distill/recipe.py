@@ -18,9 +18,9 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn as nn
@@ -35,11 +35,12 @@ from ..model import BortForMaskedLM
 from ..train import checkpointing
 from ..train.distributed import DistEnv, all_reduce_sum, barrier, cleanup, init_distributed
 from ..train.metrics import TENSORBOARD_DIR, JsonlLogger, check_report_to, plot_curves, read_jsonl
-from ..train.optim import build_optimizer
+from ..train.optim import OPTIMIZERS, build_optimizer
 from ..train.resume import check_resume_settings, restore_optimizer_and_schedule
-from ..train.run_dir import RunDir, claim_output_dir
+from ..train.recipe import Recipe
 from ..train.sampler import BatchPlan
-from ..train.schedule import build_schedule
+from ..train.schedule import SCHEDULES, build_schedule
+from ..train.settings import Settings, as_list, boolean, number, one_of, optional, positive_int, setting
 from .losses import DistillationLoss, uniform_layer_map
 
 logger = logging.getLogger(__name__)
@@ -60,64 +61,62 @@ PUSH_DRAIN_SECONDS = 600.0  # how long the end of a run waits for queued checkpo
 
 
 @dataclass
-class DistillSettings:
-    """Every knob of a distillation run (the command-line flags map one to one)."""
+class DistillSettings(Settings):
+    """Every knob of a distillation run (the command-line flags map one to one); checked when built, each
+    constraint declared beside its field (`bort.train.settings`)."""
 
-    train: list[str]
-    test: list[str] = field(default_factory=list)
+    train: list[str] = setting(coerce=as_list)
+    test: list[str] = setting(default_factory=list, coerce=as_list)
     teacher: str | None = None
     teacher_config: str | None = None
     student: str = "bort_4_8_768_1024"
-    student_init: str = "random"
+    student_init: str = setting("random", check=one_of("random", "teacher"))
     output_dir: str = "distill_output"
-    batch_size: int = 8
-    accumulate: int = 1
-    max_steps: int | None = None
-    num_epochs: float = 1.0
-    lr: float = 1e-4
-    optimizer: str = "bertadam"
-    weight_decay: float = 0.01
-    eps: float = 1e-6
-    warmup_ratio: float = 0.01
-    schedule: str = "linear"
-    clip_norm: float = 1.0
-    mlm_weight: float = 0.1
-    kd_weight: float | None = None
-    hidden_weight: float | None = None
-    attention_weight: float | None = None
-    temperature: float = 2.0
-    bort_compat_kd: bool = False
-    precision: str = "fp32"
-    log_interval: int = 10
-    eval_interval: int = 100
-    eval_batches: int = 20
-    checkpoint_interval: int = 100
-    keep_checkpoints: int = 3
-    resume: bool = False
-    overwrite: bool = False  # a fresh run replacing an earlier run's outputs (ARTEFACTS) in output_dir
-    allow_setting_change: list[str] = field(default_factory=list)  # settings --resume may change (e.g. max_steps)
-    seed: int = 0
-    max_bad_steps: int = 10
-    launcher: str = "auto"
-    allow_truncated_data: bool = False
-    progress: bool = True
-    plot: bool = True  # loss.png at the end (a short run, e.g. one candidate of `bort search`, may skip it)
+    batch_size: int = setting(8, check=positive_int())
+    accumulate: int = setting(1, check=positive_int())
+    max_steps: int | None = setting(None, check=optional(positive_int()))  # None: num_epochs over the data
+    num_epochs: float = setting(1.0, check=number(0, low_open=True))
+    lr: float = setting(1e-4, check=number(0))  # 0 allowed: a frozen run (checking an initialisation)
+    optimizer: str = setting("bertadam", check=one_of(*OPTIMIZERS))
+    weight_decay: float = setting(0.01, check=number(0))
+    eps: float = setting(1e-6, check=number(0, low_open=True))
+    warmup_ratio: float = setting(0.01, check=number(0, 1, high_open=True))
+    schedule: str = setting("linear", check=one_of(*SCHEDULES))
+    clip_norm: float = setting(1.0, check=number(0))  # 0: no clipping
+    mlm_weight: float = setting(0.1, check=number(0))
+    kd_weight: float | None = setting(None, check=optional(number(0)))  # None: chosen by the teacher's heads
+    hidden_weight: float | None = setting(None, check=optional(number(0)))
+    attention_weight: float | None = setting(None, check=optional(number(0)))
+    temperature: float = setting(2.0, check=number(0, low_open=True))
+    bort_compat_kd: bool = setting(False, check=boolean())
+    precision: str = setting("fp32", check=one_of("fp32", "bf16", "fp16"))
+    log_interval: int = setting(10, check=positive_int())
+    eval_interval: int = setting(100, check=positive_int(0))  # 0: no evaluation
+    eval_batches: int = setting(20, check=positive_int())
+    checkpoint_interval: int = setting(100, check=positive_int(0))  # 0: no checkpoints
+    keep_checkpoints: int = setting(3, check=positive_int(0))  # 0: keep them all
+    resume: bool = setting(False, check=boolean())
+    # A fresh run replacing an earlier run's outputs (ARTEFACTS) in output_dir.
+    overwrite: bool = setting(False, check=boolean())
+    # Settings --resume may change (e.g. max_steps); the names are checked against the checkpoint's.
+    allow_setting_change: list[str] = setting(default_factory=list, coerce=as_list)
+    seed: int = setting(0, check=positive_int(0))
+    max_bad_steps: int = setting(10, check=positive_int(0))
+    launcher: str = setting("auto", check=one_of("auto", "torchrun", "mpi", "none"))
+    allow_truncated_data: bool = setting(False, check=boolean())
+    progress: bool = setting(True, check=boolean())
+    # loss.png at the end (a short run, e.g. one candidate of `bort search`, may skip it)
+    plot: bool = setting(True, check=boolean())
     push_to: str | None = None  # s3://BUCKET/PREFIX: each checkpoint is uploaded in the background
-    dam_lambda: float = 0.0  # λ of the DAM mask penalty λ·Σ|M| (student attention dam_s/dam_u); 0: none
-    report_to: str | None = None  # "tensorboard": metrics.jsonl's records also as TensorBoard events
+    # λ of the DAM mask penalty λ·Σ|M| (student attention dam_s/dam_u); 0: none
+    dam_lambda: float = setting(0.0, check=number(0))
+    # "tensorboard": metrics.jsonl's records also as TensorBoard events; its package is checked here, so a run
+    # without it fails before any work
+    report_to: str | None = setting(None, check=check_report_to)
 
-    def __post_init__(self) -> None:
-        if isinstance(self.train, str):
-            self.train = [self.train]
-        if isinstance(self.test, str):
-            self.test = [self.test]
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision {self.precision!r} is not fp32, bf16 or fp16")
-        if self.student_init not in ("random", "teacher"):
-            raise ValueError(f"student_init {self.student_init!r} is not 'random' or 'teacher'")
-        problem = check_report_to(self.report_to)
-        if problem is not None:
-            raise ValueError(f"report_to {problem}")
+    def check_settings(self) -> Iterable[str]:
+        if self.student_init == "teacher" and self.teacher is None:
+            yield "student_init 'teacher' needs a teacher (--student-init teacher needs --teacher)"
 
 
 class _StudentWithLoss(nn.Module):
@@ -172,13 +171,15 @@ def init_student_from_teacher(student: BortForMaskedLM, teacher: nn.Module, laye
                 own[key].copy_(value)
 
 
-class DistillationRecipe:
-    """setup → train → cleanup, with evaluation, checkpoints and resume."""
+class DistillationRecipe(Recipe):
+    """setup → train → cleanup (`bort.train.recipe.Recipe`), with evaluation, checkpoints and resume."""
+
+    artefacts = ARTEFACTS
 
     def __init__(self, settings: DistillSettings) -> None:
-        self.s = settings
+        super().__init__(settings)
+        self.s = settings  # short name: the loop reads a setting on most lines
         self.out = Path(settings.output_dir)
-        self.run_dir: RunDir | None = None
 
     # --- setup ---------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -186,7 +187,7 @@ class DistillationRecipe:
         self.env: DistEnv = init_distributed(s.launcher)
         self.device = self.env.device
         if self.env.is_main:  # rank 0 writes the directory, so it owns it (before anything slow is loaded)
-            self.run_dir = claim_output_dir(self.out, ARTEFACTS, resume=s.resume, overwrite=s.overwrite)
+            self.claim(self.out, resume=s.resume, overwrite=s.overwrite)
         self.train_data = PretrainingDataset(s.train, allow_truncated=s.allow_truncated_data)
         header = self.train_data.header
         self.vocab_hash = header["vocab_hash"]
@@ -224,9 +225,7 @@ class DistillationRecipe:
 
         torch.manual_seed(s.seed)  # the same initial student on every rank
         self.student = BortForMaskedLM(student_cfg)
-        if s.student_init == "teacher":
-            if self.teacher is None:
-                raise ValueError("--student-init teacher needs --teacher")
+        if s.student_init == "teacher":  # with a teacher: DistillSettings.check_settings
             init_student_from_teacher(self.student, self.teacher, layer_map)
         if s.dam_lambda and self.student.attention_regularization() is None:
             raise ValueError(f"--dam-lambda {s.dam_lambda} needs a student with attention dam_s or dam_u, "
@@ -255,7 +254,7 @@ class DistillationRecipe:
             self.out.mkdir(parents=True, exist_ok=True)
             self.metrics = JsonlLogger(self.out / "metrics.jsonl", resume_step=self.step if s.resume else None,
                                        report_to=s.report_to)
-            atomic_write_text(self.out / "settings.json", json.dumps(dataclasses.asdict(s), indent=2) + "\n")
+            atomic_write_text(self.out / "settings.json", json.dumps(s.to_dict(), indent=2) + "\n")
 
     def _load_teacher(self) -> tuple[nn.Module | None, BortConfig | None, bool]:
         s = self.s
@@ -291,7 +290,7 @@ class DistillationRecipe:
         if isinstance(state.get("settings"), dict):
             # Only settings both sides know are compared: a field added to (or dropped from) the settings since
             # the checkpoint was written has no recorded value to compare with.
-            now = {k: v for k, v in dataclasses.asdict(self.s).items() if k in state["settings"]}
+            now = {k: v for k, v in self.s.to_dict().items() if k in state["settings"]}
             before = {k: state["settings"][k] for k in now}
             changed = check_resume_settings(latest, before, now, self.s.allow_setting_change, RESUME_FREE)
         else:
@@ -423,7 +422,7 @@ class DistillationRecipe:
                      "loss": self.loss_fn.state_dict(), "bad_steps": self.bad_steps,
                      "skipped_steps": self.skipped_steps, "vocab_hash": self.vocab_hash,
                      "global_batch_size": self.plan.global_batch_size, "train_records": len(self.train_data),
-                     "settings": dataclasses.asdict(self.s)}
+                     "settings": self.s.to_dict()}
             path = checkpointing.save_checkpoint(self.out / "checkpoints", self.step, self.student, state,
                                                  keep=self.s.keep_checkpoints)
             if self.uploader is not None:
@@ -481,19 +480,9 @@ class DistillationRecipe:
             if hasattr(self, "env"):
                 cleanup(self.env)
         finally:
-            if self.run_dir is not None:
-                self.run_dir.release()
+            super().cleanup()
 
 
 def run_distillation(settings: DistillSettings) -> dict[str, Any]:
     """Run a whole distillation (setup, train, cleanup) and return its summary."""
-    return run_recipe(DistillationRecipe(settings))
-
-
-def run_recipe(recipe: DistillationRecipe) -> dict[str, Any]:
-    """Set `recipe` up, train it and return its summary; the process group is torn down even on failure."""
-    try:
-        recipe.setup()
-        return recipe.train()
-    finally:
-        recipe.cleanup()
+    return DistillationRecipe(settings).run()

@@ -9,14 +9,16 @@ directory is held for the run (`bort.train.run_dir`); one holding an earlier run
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..checkpoint import load_pretrained, save_pretrained
 from ..tokenization import load_tokenizer
 from ..train.metrics import JsonlLogger
-from ..train.run_dir import claim_output_dir
+from ..train.recipe import Recipe
+from ..train.settings import Settings, boolean, one_of, optional, positive_int, setting
 from .agora import Agora, write_report
 from .augment import MLMInfill, TokenPerturbation, vocabulary_words
 from .batching import encode_task_examples
@@ -27,6 +29,34 @@ from .trainer import evaluate, predict
 
 # What a run writes into its output directory (refused when present, removed by --overwrite).
 ARTEFACTS = ("rounds.jsonl", "agora.json", "generated.jsonl", "agora.png", "best")
+GENERATORS = ("perturb", "mlm")
+
+
+@dataclass
+class AgoraSettings(Settings):
+    """Every knob of an Agora run (`bort agora`'s flags map one to one); each field's constraint is declared
+    beside it. The task, candidate, data and pool Θ come from the grid file."""
+
+    grid: str = setting(help="grid file: task, candidate model, data and the pool Θ (its grid)")
+    reference: str = setting(check=lambda v: None if isinstance(v, str) and v else
+                             f"must name the fine-tuned model that labels the generated points, got {v!r}",
+                             help="fine-tuned reference model that labels generated points")
+    reference_tokenizer: str | None = setting(None, help="default: the reference's directory")
+    generator: str = setting("perturb", check=one_of(*GENERATORS),
+                             help="token-level perturbations, or infilling by mlm_teacher's masked-LM head")
+    mlm_teacher: str | None = setting(None, help="checkpoint with an MLM head for generator mlm")
+    per_error: int = setting(2, check=positive_int(), help="new points per evaluation error")
+    max_new_per_round: int | None = setting(None, check=optional(positive_int()))
+    replay: int = setting(0, check=positive_int(0), help="re-run the rounds K more times")
+    holdout: int = setting(0, check=positive_int(0),
+                           help="rows of the evaluation set kept out of Agora for a final, unbiased test")
+    output_dir: str = "agora_output"
+    overwrite: bool = setting(False, check=boolean())
+
+    def check_settings(self) -> list[str]:
+        if self.generator == "mlm" and not self.mlm_teacher:
+            return ["--generator mlm needs --mlm-teacher (a checkpoint with a masked-LM head)"]
+        return []
 
 
 def reference_labeller(task: Any, reference: str, tokenizer_path: str | None, max_length: int):
@@ -41,55 +71,77 @@ def reference_labeller(task: Any, reference: str, tokenizer_path: str | None, ma
     return label
 
 
-def run_agora(args: argparse.Namespace) -> dict[str, Any]:
-    from ..data.tasks import get_task
+class AgoraRecipe(Recipe):
+    """Agora on the grid file's task and pool (`bort.finetune.agora`), in `Recipe`'s shape: the output
+    directory is held for the run; one holding an earlier run's outputs is refused unless `overwrite`."""
 
-    spec = load_grid(args.grid)
-    settings = spec.settings
-    task = get_task(settings.task)
-    out = Path(args.output_dir)
-    with claim_output_dir(out, ARTEFACTS, overwrite=getattr(args, "overwrite", False)):
-        return _run_agora(args, spec, task, out)
+    artefacts = ARTEFACTS
+
+    def setup(self) -> None:
+        """Read the grid file, claim the output directory, read and split the data, build the generator and
+        the reference labeller."""
+        from ..data.tasks import get_task
+
+        settings = self.settings
+        self.spec = load_grid(settings.grid)
+        shared = self.spec.settings
+        self.task = get_task(shared.task)
+        self.out = self.claim(settings.output_dir, overwrite=settings.overwrite)
+        self.train_examples, dev, _, _ = read_splits(self.task, shared)
+        self.holdout: list[Any] = []
+        if settings.holdout:
+            if not 0 < settings.holdout < len(dev):
+                raise ValueError(f"--holdout {settings.holdout} must leave evaluation rows (the set has {len(dev)})")
+            dev, self.holdout = dev[:-settings.holdout], dev[-settings.holdout:]
+        self.dev = dev
+        self.tokenizer = tokenizer = task_tokenizer(shared)
+        if settings.generator == "mlm":
+            self.generator = MLMInfill(load_pretrained(settings.mlm_teacher, task="mlm"),
+                                       load_tokenizer(settings.mlm_teacher))
+        else:
+            self.generator = TokenPerturbation(vocabulary_words(tokenizer, limit=20000))
+        self.label = reference_labeller(self.task, settings.reference, settings.reference_tokenizer,
+                                        shared.max_length)
+
+    def train(self) -> dict[str, Any]:
+        """The rounds (rounds.jsonl), the final model on the holdout rows, then `save`; returns the summary."""
+        settings, shared, task, tokenizer = self.settings, self.spec.settings, self.task, self.tokenizer
+        log = JsonlLogger(self.out / "rounds.jsonl")
+        try:
+            agora = Agora(task, lambda: load_model_for(task, shared.model, shared.config),
+                          lambda exs: encode_task_examples(tokenizer, exs, shared.max_length), self.label,
+                          self.generator, tokenizer.pad_token_id, per_error=settings.per_error,
+                          max_new_per_round=settings.max_new_per_round,
+                          fit_options={"patience": shared.patience, "eval_interval": shared.eval_interval,
+                                       "max_steps": shared.max_steps},
+                          log=log)
+            self.model, self.result = agora.run(self.spec.trials(), self.train_examples, self.dev,
+                                                replay=settings.replay)
+        finally:
+            log.close()
+        self.holdout_metrics = None
+        if self.holdout:
+            items = encode_task_examples(tokenizer, self.holdout, shared.max_length)
+            self.holdout_metrics, _ = evaluate(self.model, task, items, self.holdout, tokenizer.pad_token_id)
+        self.save()
+        result = self.result
+        return {"task": task.name, "hparams": result.hparams.as_dict(), "dev": result.dev,
+                "holdout": self.holdout_metrics, "trainings": result.trainings, "added": len(result.added)}
+
+    def save(self) -> Path:
+        """best/ (the final model with its tokenizer), agora.json, generated.jsonl and agora.png."""
+        save_pretrained(self.model, self.out / "best")
+        self.tokenizer.save(self.out / "best")
+        extra = {"holdout": self.holdout_metrics, "holdout_examples": len(self.holdout),
+                 "generator": self.settings.generator, "replay": self.settings.replay,
+                 "pool": len(self.spec.trials())}
+        write_report(self.result, self.out, self.task, extra)
+        return self.out / "best"
 
 
-def _run_agora(args: argparse.Namespace, spec: Any, task: Any, out: Path) -> dict[str, Any]:
-    settings = spec.settings
-    train, dev, _, _ = read_splits(task, settings)
-    holdout: list[Any] = []
-    if args.holdout:
-        if not 0 < args.holdout < len(dev):
-            raise ValueError(f"--holdout {args.holdout} must leave evaluation rows (the set has {len(dev)})")
-        dev, holdout = dev[:-args.holdout], dev[-args.holdout:]
-    tokenizer = task_tokenizer(settings)
-    if args.generator == "mlm":
-        if not args.mlm_teacher:
-            raise ValueError("--generator mlm needs --mlm-teacher (a checkpoint with a masked-LM head)")
-        generator = MLMInfill(load_pretrained(args.mlm_teacher, task="mlm"), load_tokenizer(args.mlm_teacher))
-    else:
-        generator = TokenPerturbation(vocabulary_words(tokenizer, limit=20000))
-    label = reference_labeller(task, args.reference, args.reference_tokenizer, settings.max_length)
-    log = JsonlLogger(out / "rounds.jsonl")
-    try:
-        agora = Agora(task, lambda: load_model_for(task, settings.model, settings.config),
-                      lambda exs: encode_task_examples(tokenizer, exs, settings.max_length), label, generator,
-                      tokenizer.pad_token_id, per_error=args.per_error, max_new_per_round=args.max_new_per_round,
-                      fit_options={"patience": settings.patience, "eval_interval": settings.eval_interval,
-                                   "max_steps": settings.max_steps},
-                      log=log)
-        model, result = agora.run(spec.trials(), train, dev, replay=args.replay)
-    finally:
-        log.close()
-    holdout_metrics = None
-    if holdout:
-        items = encode_task_examples(tokenizer, holdout, settings.max_length)
-        holdout_metrics, _ = evaluate(model, task, items, holdout, tokenizer.pad_token_id)
-    save_pretrained(model, out / "best")
-    tokenizer.save(out / "best")
-    extra = {"holdout": holdout_metrics, "holdout_examples": len(holdout), "generator": args.generator,
-             "replay": args.replay, "pool": len(spec.trials())}
-    write_report(result, out, task, extra)
-    return {"task": task.name, "hparams": result.hparams.as_dict(), "dev": result.dev, "holdout": holdout_metrics,
-            "trainings": result.trainings, "added": len(result.added)}
+def run_agora(settings: AgoraSettings) -> dict[str, Any]:
+    """Run Agora as `settings` say (`AgoraRecipe`); returns the summary."""
+    return AgoraRecipe(settings).run()
 
 
-__all__ = ["run_agora", "reference_labeller"]
+__all__ = ["AgoraRecipe", "AgoraSettings", "run_agora", "reference_labeller"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..cli import add_alias, add_no_progress, run_reporting, script_parser
 from ..train.metrics import REPORT_TO
-from .runner import FinetuneSettings, resolve_task_dir, run_finetune
+from .runner import FinetuneRecipe, FinetuneSettings, resolve_task_dir
 from .trainer import HParams
 
 logger = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
     _choose_data_dir(args)
     if args.only_inference:
         return run_inference(args)
-    summary = run_finetune(settings_from_args(args))
+    summary = FinetuneRecipe(settings_from_args(args)).run()
     print(json.dumps({k: summary[k] for k in ("task", "dev", "best_step", "steps", "train_seconds",
                                               "submission")}, sort_keys=True))
     return 0
@@ -276,10 +276,13 @@ def main(argv: list[str] | None = None) -> int:
 
 # --- bort grid ------------------------------------------------------------------------------------------------
 def add_grid_args(parser: argparse.ArgumentParser) -> None:
+    from .grid import BACKENDS, GridSettings
+
+    s = GridSettings(grid="")
     parser.add_argument("grid", help="grid file (JSON; see bort.finetune.grid)")
-    parser.add_argument("--output-dir", default="grid_output")
-    parser.add_argument("--workers", type=int, default=1, help="parallel trials (processes, or Ray CPUs)")
-    parser.add_argument("--backend", choices=("local", "ray"), default="local")
+    parser.add_argument("--output-dir", default=s.output_dir)
+    parser.add_argument("--workers", type=int, default=s.workers, help=s.help_of("workers"))
+    parser.add_argument("--backend", choices=BACKENDS, default=s.backend)
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep every trial's best/ checkpoint")
     parser.add_argument("--overwrite", action="store_true",
                         help="discard the finished trials and results of an earlier grid in --output-dir (a rerun "
@@ -288,42 +291,50 @@ def add_grid_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_grid_cli(args: argparse.Namespace) -> int:
-    import dataclasses
+    from .grid import GridRecipe, GridSettings
 
-    from .grid import load_grid, run_grid
-
-    spec = load_grid(args.grid)
-    spec.settings = dataclasses.replace(spec.settings, save_checkpoint=args.keep_checkpoints)
-    results = run_grid(spec, args.output_dir, workers=args.workers, backend=args.backend,
-                       progress=args.progress, overwrite=args.overwrite)
-    print(json.dumps({"trials": len(results), "best": results[0] if results else None}, sort_keys=True))
+    settings = GridSettings(grid=args.grid, output_dir=args.output_dir, workers=args.workers, backend=args.backend,
+                            progress=args.progress, overwrite=args.overwrite, keep_checkpoints=args.keep_checkpoints)
+    summary = GridRecipe(settings).run()
+    print(json.dumps({"trials": summary["trials"], "best": summary["best"]}, sort_keys=True))
     return 0
 
 
 # --- bort agora -----------------------------------------------------------------------------------------------
 def add_agora_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("grid", help="grid file: task, candidate model, data and the pool Θ (its grid)")
+    from .agora_recipe import GENERATORS, AgoraSettings
+
+    s = AgoraSettings(grid="grid.json", reference="reference")  # its defaults and help are what --help shows
+    parser.add_argument("grid", help=s.help_of("grid"))
     parser.add_argument("--reference", required=True,
                         help="fine-tuned reference model that labels generated points (any load_pretrained path)")
-    parser.add_argument("--reference-tokenizer", default=None, help="default: the reference's directory")
-    parser.add_argument("--generator", choices=("perturb", "mlm"), default="perturb",
+    parser.add_argument("--reference-tokenizer", default=None, help=s.help_of("reference_tokenizer"))
+    parser.add_argument("--generator", choices=GENERATORS, default=s.generator,
                         help="token-level perturbations, or infilling by --mlm-teacher's masked-LM head")
     parser.add_argument("--mlm-teacher", default=None, help="checkpoint with an MLM head for --generator mlm")
-    parser.add_argument("--per-error", type=int, default=2, help="new points per evaluation error")
-    parser.add_argument("--max-new-per-round", type=int, default=None)
-    parser.add_argument("--replay", type=int, default=0, help="re-run the rounds K more times")
-    parser.add_argument("--holdout", type=int, default=0,
-                        help="rows of the evaluation set kept out of Agora for a final, unbiased test")
-    parser.add_argument("--output-dir", default="agora_output")
+    parser.add_argument("--per-error", type=int, default=s.per_error, help=s.help_of("per_error"))
+    parser.add_argument("--max-new-per-round", type=int, default=s.max_new_per_round)
+    parser.add_argument("--replay", type=int, default=s.replay, help=s.help_of("replay"))
+    parser.add_argument("--holdout", type=int, default=s.holdout, help=s.help_of("holdout"))
+    parser.add_argument("--output-dir", default=s.output_dir)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier run's outputs in --output-dir (rounds.jsonl, agora.json, "
                              "generated.jsonl, agora.png, best/; other files are kept) instead of refusing it")
 
 
-def run_agora_cli(args: argparse.Namespace) -> int:
-    from .agora_recipe import run_agora
+def agora_settings_from_args(args: argparse.Namespace):
+    from .agora_recipe import AgoraSettings
 
-    summary = run_agora(args)
+    return AgoraSettings(grid=args.grid, reference=args.reference, reference_tokenizer=args.reference_tokenizer,
+                         generator=args.generator, mlm_teacher=args.mlm_teacher, per_error=args.per_error,
+                         max_new_per_round=args.max_new_per_round, replay=args.replay, holdout=args.holdout,
+                         output_dir=args.output_dir, overwrite=args.overwrite)
+
+
+def run_agora_cli(args: argparse.Namespace) -> int:
+    from .agora_recipe import AgoraRecipe
+
+    summary = AgoraRecipe(agora_settings_from_args(args)).run()
     print(json.dumps({k: summary[k] for k in ("task", "hparams", "dev", "holdout", "trainings", "added")},
                      sort_keys=True))
     return 0

@@ -42,8 +42,10 @@ from typing import Any
 from tqdm import tqdm
 
 from ..atomic import atomic_write_text
+from ..train.recipe import Recipe
 from ..train.resume import changed_settings
-from ..train.run_dir import RunDirError, claim_output_dir
+from ..train.run_dir import RunDirError
+from ..train.settings import Settings, boolean, one_of, optional, positive_int, setting
 from .runner import FinetuneSettings
 from .trainer import HParams
 
@@ -184,32 +186,71 @@ def _check_same_grid(out: Path, settings: FinetuneSettings) -> None:
     atomic_write_text(path, json.dumps(now, indent=1, sort_keys=True) + "\n")
 
 
+BACKENDS = ("local", "ray")
+
+
+@dataclasses.dataclass
+class GridSettings(Settings):
+    """How to run a grid (`bort grid`'s flags map one to one); what each trial does comes from the grid."""
+
+    grid: Any = setting(help="grid file, its dict, or a parsed GridSpec (see load_grid)")
+    output_dir: str | os.PathLike = "grid_output"
+    workers: int = setting(1, check=positive_int(), help="parallel trials (processes, or Ray CPUs)")
+    backend: str = setting("local", check=one_of(*BACKENDS))
+    progress: bool = setting(True, check=boolean())
+    overwrite: bool = setting(False, check=boolean(),
+                              help="discard an earlier grid's trials and results in output_dir first")
+    keep_checkpoints: bool | None = setting(None, check=optional(boolean()),
+                                            help="keep every trial's best/ checkpoint (None: as the grid's "
+                                                 "settings say, save_checkpoint)")
+
+
+class GridRecipe(Recipe):
+    """Run every unfinished trial of a grid and write the sorted results table (`Recipe`'s shape). A rerun
+    into the same directory resumes; `overwrite` discards an earlier grid's trials and results first; a rerun
+    with other shared settings is refused (`grid_settings.json`)."""
+
+    artefacts = ARTEFACTS
+
+    def setup(self) -> None:
+        """Parse the grid, claim the output directory (resuming), check it holds this grid's trials only."""
+        settings = self.settings
+        spec = settings.grid if isinstance(settings.grid, GridSpec) else load_grid(settings.grid)
+        if settings.keep_checkpoints is not None:
+            spec = dataclasses.replace(spec, settings=dataclasses.replace(
+                spec.settings, save_checkpoint=settings.keep_checkpoints))
+        self.spec = spec
+        self.out = self.claim(settings.output_dir, resume=not settings.overwrite, overwrite=settings.overwrite)
+        _check_same_grid(self.out, spec.settings)
+
+    def train(self) -> dict[str, Any]:
+        """The pending trials (on the chosen backend), then `save`; the summary's "results" are sorted by the
+        task's main metric, best first."""
+        spec, out, settings = self.spec, self.out, self.settings
+        trials = spec.trials()
+        pending = [hp for hp in trials if not (out / "trials" / trial_id(hp) / "result.json").exists()]
+        logger.info("grid: %d trials, %d already finished, %d to run", len(trials), len(trials) - len(pending),
+                    len(pending))
+        run = _run_local if settings.backend == "local" else _run_ray
+        run(spec.settings, pending, out, settings.workers, settings.progress)
+        results = [json.loads((out / "trials" / trial_id(hp) / "result.json").read_text(encoding="utf-8"))
+                   for hp in trials]
+        results.sort(key=lambda r: -r["metric"])
+        self.results = results
+        self.save()
+        return {"trials": len(results), "best": results[0] if results else None, "results": results}
+
+    def save(self) -> Path:
+        write_results(self.results, self.out, self.spec)
+        return self.out / "results.json"
+
+
 def run_grid(spec: GridSpec, output_dir: str | os.PathLike, workers: int = 1, backend: str = "local",
              progress: bool = True, overwrite: bool = False) -> list[dict[str, Any]]:
-    """Run every unfinished trial of `spec`; write and return the sorted results table. A rerun into the same
-    directory resumes; `overwrite` discards an earlier grid's trials and results first."""
-    out = Path(output_dir)
-    with claim_output_dir(out, ARTEFACTS, resume=not overwrite, overwrite=overwrite):
-        _check_same_grid(out, spec.settings)
-        return _run_grid(spec, out, workers, backend, progress)
-
-
-def _run_grid(spec: GridSpec, out: Path, workers: int, backend: str, progress: bool) -> list[dict[str, Any]]:
-    trials = spec.trials()
-    pending = [hp for hp in trials if not (out / "trials" / trial_id(hp) / "result.json").exists()]
-    logger.info("grid: %d trials, %d already finished, %d to run", len(trials), len(trials) - len(pending),
-                len(pending))
-    if backend == "local":
-        _run_local(spec.settings, pending, out, workers, progress)
-    elif backend == "ray":
-        _run_ray(spec.settings, pending, out, workers, progress)
-    else:
-        raise ValueError(f"unknown backend {backend!r}; expected 'local' or 'ray'")
-    results = [json.loads((out / "trials" / trial_id(hp) / "result.json").read_text(encoding="utf-8"))
-               for hp in trials]
-    results.sort(key=lambda r: -r["metric"])
-    write_results(results, out, spec)
-    return results
+    """Run every unfinished trial of `spec` (`GridRecipe`); returns the sorted results table."""
+    settings = GridSettings(grid=spec, output_dir=output_dir, workers=workers, backend=backend, progress=progress,
+                            overwrite=overwrite)
+    return GridRecipe(settings).run()["results"]
 
 
 def _run_local(settings: FinetuneSettings, pending: list[HParams], out: Path, workers: int, progress: bool) -> None:

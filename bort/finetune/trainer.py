@@ -20,43 +20,41 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from ..train.optim import build_optimizer
+from ..train.optim import OPTIMIZERS, build_optimizer
 from ..train.schedule import build_schedule
+from ..train.settings import Settings, number, positive_int, setting
 from . import heads
 from .batching import EncodedExample, collate, eval_batches, train_batches
 
 logger = logging.getLogger(__name__)
 
 
+def _optimizer_problem(name: Any) -> str | None:
+    """`build_optimizer` takes the name in any case ("AdamW"); the value is kept as written, since a grid's
+    trial ids hash it."""
+    if isinstance(name, str) and name.lower() in OPTIMIZERS:
+        return None
+    return f"{name!r} is not one of {', '.join(OPTIMIZERS)}"
+
+
 @dataclass(frozen=True)
-class HParams:
+class HParams(Settings):
     """One point of the hyper-parameter space. Defaults are the original Bort fine-tuning script's
-    (lr 5e-5, batch 8, warmup ratio 0.45, BERTAdam with ε 1e-6, weight decay 110)."""
+    (lr 5e-5, batch 8, warmup ratio 0.45, BERTAdam with ε 1e-6, weight decay 110).
 
-    lr: float = 5e-5
-    batch_size: int = 8
-    warmup_ratio: float = 0.45
-    weight_decay: float = 110.0
-    seed: int = 0
-    epochs: float = 3.0
-    optimizer: str = "bertadam"
-    eps: float = 1e-6
-    clip_norm: float = 1.0
+    Frozen (and so hashable): a grid names, compares and deduplicates its trials by these values. Every field's
+    constraint is declared beside it and checked when the point is built (`bort.train.settings`), so a grid
+    file's bad value is refused before any trial runs."""
 
-    def __post_init__(self) -> None:
-        problems = []
-        if not self.lr > 0:
-            problems.append(f"lr must be > 0, got {self.lr}")
-        if not (isinstance(self.batch_size, int) and self.batch_size > 0):
-            problems.append(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.weight_decay < 0:
-            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not self.epochs > 0:
-            problems.append(f"epochs must be > 0, got {self.epochs}")
-        if problems:
-            raise ValueError("; ".join(problems))
+    lr: float = setting(5e-5, check=number(0, low_open=True))
+    batch_size: int = setting(8, check=positive_int())
+    warmup_ratio: float = setting(0.45, check=number(0, 1, high_open=True))
+    weight_decay: float = setting(110.0, check=number(0))
+    seed: int = setting(0, check=positive_int(0))
+    epochs: float = setting(3.0, check=number(0, low_open=True))
+    optimizer: str = setting("bertadam", check=_optimizer_problem)
+    eps: float = setting(1e-6, check=number(0, low_open=True))
+    clip_norm: float = setting(1.0, check=number(0), help="gradient norm clip (0: off)")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,7 +26,7 @@ from ..train.resume import parse_allowed
 from . import listops_gen, pathfinder_gen
 from .listops_gen import ListOpsSpec, generate_listops_dir
 from .pathfinder_gen import DIFFICULTIES, DIFFICULTY_PARAMS, write_pathfinder
-from .runner import LRASettings, run_lra
+from .runner import LRARecipe, LRASettings
 from .tasks import PAPER_ATTENTION, RECIPES, TASKS
 
 
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         return run_pathfinder_generator(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    summary = run_lra(settings_from_args(args))
+    summary = LRARecipe(settings_from_args(args)).run()
     keys = ("task", "attention", "steps", "best_step", "dev_accuracy", "test_accuracy", "majority_accuracy",
             "ms_per_step", "train_seconds", "wall_seconds", "best_checkpoint")
     print(json.dumps({k: summary[k] for k in keys}, sort_keys=True))

@@ -10,10 +10,13 @@ dropout, padded mean pooling, a power-of-two position table, its attention setti
 resumable checkpoint in `<out>/checkpoints/step-N` at every evaluation, JSON-lines metrics. At the end the
 best checkpoint is reloaded from disk and scored on the test split.
 
-`LRATrainer` holds one run and advances it a number of steps at a time, so several runs can be interleaved
-in one process (the benchmark alternates mechanisms to expose them to the same machine load). Each trainer
-keeps its own torch RNG state, swapped in for its steps, and evaluations draw from a fixed seed, so a run's
-numbers do not depend on what ran beside it or on whether it was resumed.
+`LRARecipe` is the recipe (`bort.train.recipe`): `setup()` claims the output directory, reads the splits,
+builds the model and resumes; `train()` runs the loop and returns the summary; `save()` writes a resumable
+checkpoint; `cleanup()` releases the directory. The loop is also public step by step, so several runs can be
+interleaved in one process (the benchmark alternates mechanisms to expose them to the same machine load):
+`LRARecipe(settings, splits).build()` gives a run without claiming a directory, `train_steps(n)` advances it,
+`finish()` scores it. Each run keeps its own torch RNG state, swapped in for its steps, and evaluations draw
+from a fixed seed, so a run's numbers do not depend on what ran beside it or on whether it was resumed.
 """
 from __future__ import annotations
 
@@ -37,8 +40,10 @@ from ..checkpoint.errors import CheckpointError
 from ..train.checkpointing import latest_checkpoint, load_trainer_state, write_checkpoint
 from ..train.metrics import TENSORBOARD_DIR, JsonlLogger, check_report_to, plot_loss_and_dev, read_jsonl
 from ..train.optim import build_optimizer
+from ..train.recipe import Recipe
 from ..train.resume import check_resume_settings
-from ..train.run_dir import claim_output_dir
+from ..train.settings import (Settings, SettingsError, boolean, number, optional, positive_int,
+                              setting)
 from . import batching
 from .data import load_splits
 from .model import LRAClassifier, LRADualClassifier, lra_config, load_lra_model, save_lra_model
@@ -59,48 +64,63 @@ _STATE_TYPES = {"step": int, "epoch": int, "cursor": int, "rng_state": torch.Ten
                 "step_seconds": list, "eval_seconds": (int, float), "settings": dict}
 
 
+def _registered(lookup: Callable[[str], Any]) -> Callable[[Any], str | None]:
+    """A check that `lookup` knows the name (its error, which lists the valid names, is the problem)."""
+    def run(value: Any) -> str | None:
+        if not isinstance(value, str):
+            return f"must be a name, got {value!r}"
+        try:
+            lookup(value)
+        except ValueError as err:
+            return str(err)
+        return None
+    return run
+
+
+def _json_object(value: Any) -> str | None:
+    return None if isinstance(value, dict) else f"must be a JSON object (a dict), got {value!r}"
+
+
 @dataclass
-class LRASettings:
+class LRASettings(Settings):
     """One LRA run. Fields left None take the task's preset (`tasks.TASKS[task].train`); a shorter or longer
     run (`max_steps`) keeps the preset's warmup fraction. `attention_params` None takes the task's defaults for
     that mechanism. `output_dir` None writes nothing (the best weights are then kept in memory). `recipe`:
     "bort" (ours) or "paper" (the YOSO paper's LRA code; `tasks.RECIPES`); `attention` also takes the
-    paper's configuration names (`tasks.PAPER_ATTENTION`, e.g. "yoso-v2-16")."""
+    paper's configuration names (`tasks.PAPER_ATTENTION`, e.g. "yoso-v2-16"). An explicit value is checked when
+    the settings are built; the preset's values when they are filled in (`resolved`)."""
 
-    task: str = "listops"
+    task: str = setting("listops", check=_registered(get_task))
     data: str = ""
     output_dir: str | None = "lra_output"
-    attention: str = "dense"
-    recipe: str = "bort"
-    attention_params: dict[str, Any] | None = None
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    max_steps: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    warmup_ratio: float | None = None
-    eval_interval: int | None = None
+    attention: str = "dense"  # resolved against the task and recipe (`tasks.resolve_attention`) by the recipe
+    recipe: str = setting("bort", check=_registered(get_recipe))
+    attention_params: dict[str, Any] | None = setting(None, check=optional(_json_object))
+    model_overrides: dict[str, Any] = setting(default_factory=dict, check=_json_object)
+    max_steps: int | None = setting(None, check=optional(positive_int()))
+    batch_size: int | None = setting(None, check=optional(positive_int()))
+    lr: float | None = setting(None, check=optional(number(0, low_open=True)))
+    weight_decay: float | None = setting(None, check=optional(number(0)))
+    warmup_ratio: float | None = setting(None, check=optional(number(0, 1)))
+    eval_interval: int | None = setting(None, check=optional(positive_int()))
     dev_size: int = 800
     test_size: int = 800
     split_seed: int = 0
     seed: int = 0
-    dam_lambda: float = 0.0
-    clip_norm: float = 0.0
-    pad_multiple: int = 8
-    bucket_pool: int = 50
-    eval_batch_size: int = 128
-    skip_bad_rows: bool = False
-    resume: bool = False
-    overwrite: bool = False  # a fresh run replacing an earlier run's outputs (ARTEFACTS) in output_dir
+    dam_lambda: float = setting(0.0, check=number(0))
+    clip_norm: float = setting(0.0, check=number(0))  # 0: off
+    pad_multiple: int = setting(8, check=positive_int())
+    bucket_pool: int = setting(50, check=positive_int())
+    eval_batch_size: int = setting(128, check=positive_int())
+    skip_bad_rows: bool = setting(False, check=boolean())
+    resume: bool = setting(False, check=boolean())
+    # A fresh run replacing an earlier run's outputs (ARTEFACTS) in output_dir.
+    overwrite: bool = setting(False, check=boolean())
     allow_setting_change: list[str] = field(default_factory=list)  # settings `resume` may change (e.g. max_steps)
-    progress: bool = True
-    log_interval: int = 10
-    report_to: str | None = None  # "tensorboard": metrics.jsonl's records also as TensorBoard events
-
-    def __post_init__(self) -> None:
-        problem = check_report_to(self.report_to)
-        if problem is not None:
-            raise ValueError(f"report_to {problem}")
+    progress: bool = setting(True, check=boolean())
+    log_interval: int = setting(10, check=positive_int())
+    # "tensorboard": metrics.jsonl's records also as TensorBoard events.
+    report_to: str | None = setting(None, check=check_report_to)
 
     def resolved(self, task: LRATask) -> dict[str, Any]:
         """Every setting with the preset's values filled in (what results.json records)."""
@@ -120,12 +140,12 @@ class LRASettings:
             attention_params=(dict(default_params or {}) if self.attention_params is None
                               else dict(self.attention_params)),
         )
-        for name in ("max_steps", "batch_size", "eval_interval", "pad_multiple", "bucket_pool", "eval_batch_size",
-                     "log_interval"):
-            if not isinstance(values[name], int) or values[name] < 1:
-                raise ValueError(f"{name} must be a positive integer, got {values[name]!r}")
-        if not values["lr"] > 0:
-            raise ValueError(f"lr must be > 0, got {values['lr']!r}")
+        # The fields' own checks covered explicit values; these are the ones a preset filled in.
+        checks = {name: positive_int() for name in ("max_steps", "batch_size", "eval_interval")}
+        checks["lr"] = number(0, low_open=True)
+        found = [f"{name} {problem}" for name, check in checks.items() if (problem := check(values[name]))]
+        if found:
+            raise SettingsError(f"{type(self).__name__} (task {task.name!r}): " + "; ".join(found))
         return values
 
 
@@ -167,38 +187,81 @@ def majority_class(train: EncodedSplit, test: EncodedSplit) -> tuple[int, float]
     return label, sum(1 for y in test.labels if y == label) / len(test)
 
 
-# --- the trainer -------------------------------------------------------------------------------------------
-class LRATrainer:
-    """One training run, advanced with `train_steps(n)`; `finish()` scores the best checkpoint on test."""
+# --- the recipe --------------------------------------------------------------------------------------------
+class LRARecipe(Recipe):
+    """One LRA run: `run()` (setup → train → cleanup) trains it to the end; `build()`, `train_steps(n)` and
+    `finish()` drive it step by step beside other runs (see the module docstring).
+
+    `splits` already read (shared by interleaved runs) are used instead of reading `settings.data`; `on_event`
+    receives every train/eval record that metrics.jsonl gets."""
+
+    artefacts = ARTEFACTS
 
     def __init__(self, settings: LRASettings, splits: LRASplits | None = None,
                  on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.task = get_task(settings.task)
         self.values = settings.resolved(self.task)
-        self.splits = splits if splits is not None else load_splits(
-            self.task, settings.data, dev_size=settings.dev_size, test_size=settings.test_size,
-            split_seed=settings.split_seed, skip_bad_rows=settings.skip_bad_rows)
+        self.splits = splits
         self.out = Path(settings.output_dir) if settings.output_dir else None
         self.total = self.values["max_steps"]
-        self.recipe = get_recipe(settings.recipe)
+        self.lra_recipe = get_recipe(settings.recipe)  # ours or the paper's way of training (`tasks.RECIPES`)
         self.mechanism = self.values["attention"]  # a paper configuration name resolved to its mechanism
         self.multiple = pad_multiple_for(self.mechanism, self.values["attention_params"], settings.pad_multiple)
+        self.model: LRAClassifier | None = None
+        self.resumed = False
+        self._on_event = on_event
+        self._log: JsonlLogger | None = None
+        self._start = time.perf_counter()
+
+    # --- setup ---------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Claim the output directory, read the data, build the model, resume when asked, open metrics.jsonl.
+
+        The directory is held for the run (`bort.train.run_dir`): a second run into it is refused, and so is a
+        fresh run into one holding an earlier run's outputs, unless `resume` (same settings, or the changes
+        `allow_setting_change` names) or `overwrite` (those outputs are deleted first)."""
+        self._start = time.perf_counter()
+        settings = self.settings
+        if self.out is not None:
+            # Claimed before the data are read, so that a second run into the directory is refused at once.
+            self.claim(self.out, resume=settings.resume, overwrite=settings.overwrite)
+        self.build()
+        for row in self.splits.bad_rows:
+            logger.warning("skipped bad row: %s", row)
+        self.resumed = bool(settings.resume and self.resume())
+        if not self.resumed:
+            self.clear_outputs()  # a --resume that found no checkpoint: whatever else is there starts over
+        if self.out is not None:
+            self._log = JsonlLogger(self.out / "metrics.jsonl", resume_step=self.step if self.resumed else None,
+                                    report_to=settings.report_to)
+
+    def build(self) -> LRARecipe:
+        """Read the splits (unless given), build the model, optimiser and schedule; returns the recipe, ready for
+        `train_steps`. `setup` calls it after claiming the output directory; called alone, nothing is claimed
+        and no metrics.jsonl is written (the caller owns the directory, as the benchmark does)."""
+        if self.model is not None:
+            return self
+        settings = self.settings
+        if self.splits is None:
+            self.splits = load_splits(self.task, settings.data, dev_size=settings.dev_size,
+                                      test_size=settings.test_size, split_seed=settings.split_seed,
+                                      skip_bad_rows=settings.skip_bad_rows)
         torch.manual_seed(settings.seed)  # the initial weights
         overrides = dict(settings.model_overrides)
         if self.splits.num_classes is not None:  # the data decides (a multiclass text file); --model-config wins
             overrides.setdefault("num_labels", self.splits.num_classes)
-        overrides.setdefault("max_position_embeddings", position_rows(self.task.max_length, self.recipe))
+        overrides.setdefault("max_position_embeddings", position_rows(self.task.max_length, self.lra_recipe))
         config = lra_config(self.task, len(self.splits.vocab), self.mechanism, self.values["attention_params"],
                             pad_token_id=self.splits.pad_id, **overrides)
         # Pair data (Retrieval) gets the dual encoder: one shared encoder for both documents.
         dual = self.splits.train.pair_ids is not None
         self.model = (LRADualClassifier if dual else LRAClassifier)(
-            config, pooling=self.recipe.pooling,
-            ffn_dropout=config.hidden_dropout_prob if self.recipe.ffn_dropout else 0.0)
+            config, pooling=self.lra_recipe.pooling,
+            ffn_dropout=config.hidden_dropout_prob if self.lra_recipe.ffn_dropout else 0.0)
         self.optimizer = build_optimizer(self.model, "adamw", lr=self.values["lr"],
                                          weight_decay=self.values["weight_decay"])
-        self.schedule = build_lra_schedule(self.optimizer, self.recipe.schedule, self.total,
+        self.schedule = build_lra_schedule(self.optimizer, self.lra_recipe.schedule, self.total,
                                            self.values["warmup_ratio"], self.values["lr"])
         self.penalty = None
         if settings.dam_lambda:
@@ -214,9 +277,9 @@ class LRATrainer:
         self.step_seconds: list[float] = []
         self.eval_seconds = 0.0
         self._plan: list[list[int]] | None = None
-        self._emit = on_event or (lambda record: None)
         self._bar: tqdm | None = None
         self.model.train()
+        return self
 
     # --- state ---------------------------------------------------------------------------------------------
     @property
@@ -231,8 +294,11 @@ class LRATrainer:
                 "settings": {k: v for k, v in self.values.items() if k not in _RESUME_FREE},
                 "data_sha256": self.splits.digest}
 
-    def save_checkpoint(self) -> Path:
-        """Write `<out>/checkpoints/step-N` (model + trainer state) atomically; keep only the newest."""
+    def save(self) -> Path | None:
+        """Write `<out>/checkpoints/step-N` (model + trainer state) atomically, keeping only the newest; None
+        without an output directory."""
+        if self.out is None:
+            return None
         return write_checkpoint(
             self.out / "checkpoints", self.step,
             lambda directory: save_lra_model(self.model, directory, self.task.name, self.splits.vocab),
@@ -292,6 +358,12 @@ class LRATrainer:
         return True
 
     # --- training ------------------------------------------------------------------------------------------
+    def _emit(self, record: dict[str, Any]) -> None:
+        if self._log is not None:
+            self._log.log(record)
+        if self._on_event is not None:
+            self._on_event(record)
+
     def _next_batch(self) -> list[int]:
         if self._plan is None:
             self._plan = batching.epoch_batches(self.splits.train.lengths, self.values["batch_size"],
@@ -355,8 +427,7 @@ class LRATrainer:
             else:
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.history.append(record)
-        if self.out is not None:
-            self.save_checkpoint()
+        self.save()
         return record
 
     def train_steps(self, n: int) -> int:
@@ -417,7 +488,7 @@ class LRATrainer:
         dev = evaluate_split(best, self.splits.dev, pad, size, self.multiple, seed)
         label, majority = majority_class(self.splits.train, self.splits.test)
         summary = {
-            "task": self.task.name, "attention": self.settings.attention, "recipe": self.recipe.name,
+            "task": self.task.name, "attention": self.settings.attention, "recipe": self.lra_recipe.name,
             "attention_params": self.values["attention_params"], "steps": self.step, "best_step": self.best_step,
             "test_accuracy": test["accuracy"], "test_loss": test["loss"], "dev_accuracy": dev["accuracy"],
             "majority_class": label, "majority_accuracy": majority,
@@ -432,6 +503,33 @@ class LRATrainer:
             atomic_write_text(self.out / "results.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
         return summary
 
+    def train(self) -> dict[str, Any]:
+        """Train to `max_steps`, score the best checkpoint; the summary, also in results.json (with curves.png
+        drawn from metrics.jsonl)."""
+        try:
+            while not self.done:
+                self.train_steps(self.total - self.step)
+            summary = self.finish()
+        finally:
+            self._close_log()
+        summary["wall_seconds"] = time.perf_counter() - self._start
+        summary["resumed"] = self.resumed
+        if self.out is not None:
+            summary["curves"] = str(plot_run(read_jsonl(self.out / "metrics.jsonl"), self.out / "curves.png",
+                                             f"{self.task.name} · {self.settings.attention}"))
+            atomic_write_text(self.out / "results.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        return summary
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def cleanup(self) -> None:
+        """Close metrics.jsonl (if a failed run left it open) and release the output directory."""
+        self._close_log()
+        super().cleanup()
+
 
 def plot_run(records: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Training loss and dev accuracy against step, as PNG."""
@@ -439,51 +537,7 @@ def plot_run(records: list[dict[str, Any]], path: Path, title: str) -> Path:
 
 
 def run_lra(settings: LRASettings, on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train (or resume), keep the best dev checkpoint, score it on test; returns the summary.
-
+    """Train (or resume), keep the best dev checkpoint, score it on test; returns the summary (`LRARecipe`).
     Writes into `settings.output_dir`: metrics.jsonl, best/, checkpoints/step-N/, results.json, curves.png.
-    The directory is held for the run (`bort.train.run_dir`): a second run into it is refused, and so is a
-    fresh run into one holding an earlier run's outputs, unless `resume` (same settings, or the changes
-    `allow_setting_change` names) or `overwrite` (those outputs are deleted first).
-    `on_event` also receives every train/eval record.
-    """
-    start = time.perf_counter()
-    out = Path(settings.output_dir) if settings.output_dir else None
-    log: JsonlLogger | None = None
-
-    def emit(record: dict[str, Any]) -> None:
-        if log is not None:
-            log.log(record)
-        if on_event is not None:
-            on_event(record)
-
-    # Claimed before the data are read, so that a second run into the directory is refused at once.
-    run_dir = (claim_output_dir(out, ARTEFACTS, resume=settings.resume, overwrite=settings.overwrite)
-               if out is not None else None)
-    try:
-        trainer = LRATrainer(settings, on_event=emit)
-        for row in trainer.splits.bad_rows:
-            logger.warning("skipped bad row: %s", row)
-        resumed = bool(settings.resume and trainer.resume())
-        if not resumed:
-            trainer.clear_outputs()  # a --resume that found no checkpoint: whatever else is there starts over
-        if out is not None:
-            log = JsonlLogger(out / "metrics.jsonl", resume_step=trainer.step if resumed else None,
-                              report_to=settings.report_to)
-        try:
-            while not trainer.done:
-                trainer.train_steps(trainer.total - trainer.step)
-            summary = trainer.finish()
-        finally:
-            if log is not None:
-                log.close()
-        summary["wall_seconds"] = time.perf_counter() - start
-        summary["resumed"] = resumed
-        if out is not None:
-            summary["curves"] = str(plot_run(read_jsonl(out / "metrics.jsonl"), out / "curves.png",
-                                             f"{trainer.task.name} · {settings.attention}"))
-            atomic_write_text(out / "results.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        return summary
-    finally:
-        if run_dir is not None:
-            run_dir.release()
+    `on_event` also receives every train/eval record."""
+    return LRARecipe(settings, on_event=on_event).run()

@@ -6,7 +6,7 @@ import json
 import logging
 
 from ..cli import add_alias, add_no_progress, run_reporting, script_parser
-from .runner import SearchSettings, run_search
+from .runner import SearchRecipe, SearchSettings
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +54,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = run_search(settings_from_args(args))
+    result = SearchRecipe(settings_from_args(args)).run()
     print(json.dumps({k: result[k] for k in ("chosen", "w", "config", "mode", "feasible", "skipped", "evaluated",
                                               "reused_from_cache")}))
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import BortConfig
-from ..distill.recipe import DistillationRecipe, DistillSettings, run_recipe
+from ..distill.recipe import DistillationRecipe, DistillSettings
 from ..train.metrics import read_jsonl
 
 ERROR_METRICS = ("eval_mlm_loss", "eval_kd", "eval_hidden")
@@ -81,7 +81,7 @@ class _SharedTeacherRecipe(DistillationRecipe):
 def _run(settings: DistillSettings) -> dict[str, Any]:
     # Each run's loss plot is half the time of a short run (2.3 of 4.3 s measured) and nobody looks at it: the
     # search plots its own front.
-    return run_recipe(_SharedTeacherRecipe(dataclasses.replace(settings, plot=False)))
+    return _SharedTeacherRecipe(dataclasses.replace(settings, plot=False)).run()
 
 
 def truncated_error(cfg: BortConfig, settings: ErrorSettings, run_dir: Path) -> dict[str, Any]:
