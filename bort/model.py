@@ -393,7 +393,7 @@ def check_inputs(config: BortConfig, input_ids: torch.Tensor, attention_mask: to
                           stacklevel=3)
 
 
-def _check_mask_shape(attention_mask: torch.Tensor | None, shape: tuple[int, ...]) -> None:
+def check_mask_shape(attention_mask: torch.Tensor | None, shape: tuple[int, ...]) -> None:
     if attention_mask is not None and attention_mask.shape != shape:
         raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids "
                          f"{tuple(shape)}")
@@ -409,7 +409,7 @@ def _key_padding_mask(attention_mask: torch.Tensor | None, shape: tuple[int, ...
     """
     if attention_mask is None:
         return None
-    _check_mask_shape(attention_mask, tuple(shape))
+    check_mask_shape(attention_mask, tuple(shape))
     mask = attention_mask.bool()
     if _checks_enabled() and bool(mask.all()):
         return None
@@ -433,7 +433,7 @@ class BortModel(BortPreTrainedModel):
         (batch, P) also returns the hidden states gathered at those positions."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
-        _check_mask_shape(attention_mask, tuple(input_ids.shape))
+        check_mask_shape(attention_mask, tuple(input_ids.shape))
         check_inputs(self.config, input_ids, attention_mask, token_type_ids, masked_positions)
         enc = self.encoder(self.embeddings(input_ids, token_type_ids), attention_mask,
                            output_hidden_states=output_hidden_states, output_attentions=output_attentions)

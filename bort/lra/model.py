@@ -45,7 +45,7 @@ from ..checkpoint.kinds import ModelKind
 from ..checkpoint.native import (CONFIG_NAME, FORMAT_KEY, WEIGHTS_NAME, native_config_from_values, read_json_config,
                                  read_safetensors, save_native)
 from ..config import BortConfig, ConfigError
-from ..model import BortEncoder, BortPreTrainedModel, HeadOutput, check_inputs
+from ..model import BortEncoder, BortPreTrainedModel, HeadOutput, check_mask_shape, check_inputs
 from .config import LEGACY_CONFIG_NAME, LEGACY_FORMAT_KEY, LRA_TASK, LRAConfig
 from .tasks import LRATask
 
@@ -169,9 +169,7 @@ class LRAClassifier(BortPreTrainedModel):
         `input_ids` (batch, seq); `attention_mask` is 1 on real tokens."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids "
-                             f"{tuple(input_ids.shape)}")
+        check_mask_shape(attention_mask, tuple(input_ids.shape))
         check_inputs(self.config, input_ids, attention_mask)  # ids in the vocabulary, a 0/1 mask: named errors
         # None when nothing is padded: the mechanisms' fast path.
         key_padding = None if attention_mask is None or bool(attention_mask.bool().all()) else attention_mask.bool()
