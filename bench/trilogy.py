@@ -9,15 +9,19 @@ Every stage runs through the public command line (`bort.cli.main` in this proces
    the held-out MLM loss measures learning, not memorising. Shards: `bort create-pretraining-data` with the
    teacher's WordPiece vocabulary, one set for training and a separate one for evaluation.
 2. **search**: `bort search` (FPTAS, measured speed) over a space below the teacher (6 layers, 12 heads, 384 wide,
-   FFN 1536); the student is the candidate with the smallest W.
+   FFN 1536); the student is the candidate with the smallest W. With `--student-init extract` (the default) the
+   candidates keep the teacher's head size and each is trained from its extraction, as the student will be.
 3. **distill**: `bort distill` of the chosen student from the teacher (hidden-state + attention matching + MLM, as
-   `bort demo`), and the same architecture from the same random initialisation trained with MLM alone (no
-   teacher, MLM weight 1) as the control: same steps, batches and schedule. Before either, the untrained student
-   is evaluated (one step at learning rate 0, so the weights stay the initial ones) for the held-out MLM loss it
-   starts from.
+   `bort demo`), starting as a sub-network of the teacher (`--student-init extract`: its largest residual
+   dimensions, heads and FFN neurons of the mapped layers), and the same architecture from random weights trained
+   with MLM alone (no teacher, MLM weight 1) as the control: same steps, batches and schedule. Both starts are
+   evaluated first (one step at learning rate 0, so the weights stay the initial ones) for the held-out MLM loss
+   they start from.
 4. **finetune**: SST-2 from the 872-row GLUE dev file, shuffled as `--dev-split 600 --split-seed 0` does: 600 rows
    train, and of the other 272 the first 136 select (best checkpoint, Agora's error mining, grid's choice) and
-   the last 136 test (seen by no selection). Teacher, distilled student and control, `--seeds` seeds each.
+   the last 136 test (seen by no selection). Teacher, distilled student and control: each model's learning rate
+   is chosen from `--ft-lrs` by seed 0's selection accuracy (a 3-layer student and a pretrained 6-layer teacher
+   do not share one), then `--seeds` seeds each at it.
 5. **agora_grid**: for the distilled student, `bort agora` over a pool Θ (lr × weight decay, BERTAdam, warmup
    0.45) with the fine-tuned teacher (seed 0) as the reference labeller, then grid search: trials over Θ × seeds
    0, 1, … (same order) until its optimiser steps reach Agora's; the trial best on the selection rows is tested.
@@ -72,7 +76,7 @@ DEFAULT_GLUE = REPO.parent / "shared" / "data" / "glue"
 DEFAULT_WORK = common.RESULTS_DIR / "trilogy_runs"
 QUICK_TEXT = REPO / "test_data" / "tinyshakespeare.txt"
 STAGES = ("data", "search", "distill", "finetune", "agora_grid", "speed")
-MODELS = ("teacher", "distilled", "control")
+MODELS = ("teacher", "distilled", "control", "extracted_mlm")  # the last only with --student-init extract
 HELD_OUT_FRACTION = 0.1
 DOCUMENT_LINES = 64  # Shakespeare: runs of this many lines are one document (as `bort demo`)
 SST2_TRAIN = 600  # rows of the shuffled dev file trained on; the rest is split into selection and test
@@ -80,13 +84,14 @@ SST2_TRAIN = 600  # rows of the shuffled dev file trained on; the rest is split 
 # The full experiment's settings; `--quick` replaces them by QUICK's (flags given explicitly win over both).
 FULL: dict[str, Any] = {
     "max_lines": None, "max_seq_length": 128, "max_predictions": 20, "dupe_factor": 2,
-    "layers": [2, 3, 4], "heads": [2, 4, 8], "hidden": [128, 256, 384], "intermediate": [256, 512, 1024, 1536],
+    "layers": [2, 3, 4], "heads": [4, 8, 12], "hidden": [256, 384], "intermediate": [512, 1024, 1536],
     "search_interval_steps": 25, "search_intervals": 2, "search_eval_batches": 8, "search_batch_size": 16,
     "search_lr": 5e-4, "epsilon": 0.5, "speed_batch": 8, "speed_seq": 128, "speed_repeats": 7,
-    "distill_steps": 1600, "distill_batch_size": 32, "distill_lr": 5e-4, "eval_interval": 100,
+    "distill_steps": 1200, "distill_batch_size": 32, "distill_lr": 5e-4, "eval_interval": 100,
     "eval_batches": 20, "checkpoint_interval": 100,
-    "seeds": 3, "ft_lr": 5e-5, "ft_batch_size": 16, "ft_epochs": 3.0, "ft_max_steps": None, "ft_max_length": 128,
-    "pool_lr": [1e-4, 1e-5], "pool_wd": [0.0, 10.0], "select_rows": 136, "test_rows": 136, "threads": 2,
+    "student_init": "extract",
+    "seeds": 3, "ft_lrs": [3e-5, 1e-4, 3e-4, 1e-3], "ft_batch_size": 16, "ft_epochs": 4.0, "ft_max_steps": None,
+    "ft_max_length": 128, "pool_lr": [3e-4, 1e-4], "pool_wd": [0.0, 10.0], "select_rows": 136, "test_rows": 136, "threads": 2,
 }
 QUICK: dict[str, Any] = {
     "max_lines": 3000, "max_seq_length": 64, "max_predictions": 10, "dupe_factor": 1,
@@ -95,7 +100,8 @@ QUICK: dict[str, Any] = {
     "search_lr": 1e-3, "epsilon": 0.5, "speed_batch": 4, "speed_seq": 64, "speed_repeats": 3,
     "distill_steps": 20, "distill_batch_size": 8, "distill_lr": 1e-3, "eval_interval": 5,
     "eval_batches": 4, "checkpoint_interval": 5,
-    "seeds": 1, "ft_lr": 1e-4, "ft_batch_size": 8, "ft_epochs": 1.0, "ft_max_steps": 6, "ft_max_length": 64,
+    "student_init": "extract",
+    "seeds": 1, "ft_lrs": [1e-4, 1e-3], "ft_batch_size": 8, "ft_epochs": 1.0, "ft_max_steps": 6, "ft_max_length": 64,
     "pool_lr": [1e-3, 1e-4], "pool_wd": [0.0], "select_rows": 48, "test_rows": 48, "threads": 1,
 }
 # Settings that change no number of the result: a rerun may differ in them.
@@ -112,6 +118,15 @@ class StageInputError(FileNotFoundError):
 
 class StageFailed(RuntimeError):
     """A `bort` command of a stage exited with an error (its message is on stderr above)."""
+
+
+TRAINED = ("distilled", "control", "extracted_mlm")  # the distillation runs that train (not the lr-0 starts)
+
+
+def models_of(a: argparse.Namespace) -> tuple[str, ...]:
+    """The models fine-tuned and reported: the ablation `extracted_mlm` (the distilled student's start trained with
+    MLM alone) exists only when the student starts extracted."""
+    return MODELS if a.student_init == "extract" else MODELS[:3]
 
 
 # --------------------------------------------------------------------------------------------- bookkeeping
@@ -289,14 +304,18 @@ def stage_data(ctx: "Context") -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ search
-def search_space(a: argparse.Namespace) -> dict[str, Any]:
+def search_space(a: argparse.Namespace, teacher_head_size: int) -> dict[str, Any]:
+    """The space file for `bort search`. With `--student-init extract` every candidate keeps the teacher's head
+    size (whole heads are extracted) and is trained from its extraction, as the chosen student will be."""
+    extract = a.student_init == "extract"
     return {"axes": {"layers": a.layers, "heads": a.heads, "hidden": a.hidden, "intermediate": a.intermediate},
+            **({"head_size": teacher_head_size} if extract else {}),
             "epsilon": a.epsilon, "interval_steps": a.search_interval_steps, "intervals": a.search_intervals,
             "eval_batches": a.search_eval_batches, "error_metric": "eval_mlm_loss",
             "speed": {"mode": "measured", "batch_size": a.speed_batch, "seq_length": a.speed_seq, "warmup": 1,
                       "repeats": 3 if a.quick else 5, "threads": a.threads},
             "distill": {"batch_size": a.search_batch_size, "lr": a.search_lr, "warmup_ratio": 0.1,
-                        "optimizer": "adamw"}}
+                        "optimizer": "adamw", **({"student_init": "extract"} if extract else {})}}
 
 
 def _shard_glob(ctx: "Context", stage: str, split: str) -> str:
@@ -311,7 +330,9 @@ def stage_search(ctx: "Context") -> dict[str, Any]:
     need("search", w.teacher / "config.json", "made by stage data")
     train, test = _shard_glob(ctx, "search", "train"), _shard_glob(ctx, "search", "held_out")
     space = w.root / "search_space.json"
-    atomic_write_text(space, json.dumps(search_space(ctx.args), indent=2) + "\n")
+    teacher = json.loads((w.teacher / "config.json").read_text(encoding="utf-8"))
+    head_size = teacher["hidden_size"] // teacher["num_attention_heads"]
+    atomic_write_text(space, json.dumps(search_space(ctx.args, head_size), indent=2) + "\n")
     bort("search", "search", space, "--teacher", w.teacher, "--train", train, "--test", test,
          "--output-dir", w.root / "search", "--no-progress")  # the same directory again resumes from its cache
     result = json.loads(need("search", w.root / "search" / "result.json").read_text(encoding="utf-8"))
@@ -364,14 +385,22 @@ def stage_distill(ctx: "Context") -> dict[str, Any]:
                    a.distill_batch_size, "--optimizer", "adamw", "--warmup-ratio", 0.1, "--seed", 0,
                    "--eval-batches", a.eval_batches, "--log-interval", max(1, a.eval_interval // 5)]
     teacher = ["--teacher", w.teacher]
-    # Learning rate 0 for one step leaves the initial weights, which the distilled run starts from (same seed).
-    untrained = _distill_run(ctx, "untrained", [*common_argv, *teacher, "--max-steps", 1, "--lr", 0,
-                                                 "--eval-interval", 1, "--checkpoint-interval", 0])
+    init = ["--student-init", a.student_init]
+    # Learning rate 0 for one step leaves the initial weights (same seed): "untrained" is the control's start,
+    # "extracted" the distilled student's when it starts as a sub-network of the teacher.
+    start = ["--max-steps", 1, "--lr", 0, "--eval-interval", 1, "--checkpoint-interval", 0]
+    untrained = _distill_run(ctx, "untrained", [*common_argv, *teacher, *start])
+    extracted = (_distill_run(ctx, "extracted", [*common_argv, *teacher, *init, *start])
+                 if a.student_init == "extract" else None)
     schedule = ["--max-steps", a.distill_steps, "--lr", a.distill_lr, "--eval-interval", a.eval_interval,
                 "--checkpoint-interval", a.checkpoint_interval, "--keep-checkpoints", 2]
-    distilled = _distill_run(ctx, "distilled", [*common_argv, *teacher, *schedule])
+    distilled = _distill_run(ctx, "distilled", [*common_argv, *teacher, *init, *schedule])
     control = _distill_run(ctx, "control", [*common_argv, *schedule, "--mlm-weight", 1.0])
+    if a.student_init == "extract":  # the ablation: the same start as the distilled student, MLM alone
+        _distill_run(ctx, "extracted_mlm", [*common_argv, *teacher, *init, *schedule, "--mlm-weight", 1.0,
+                                            "--kd-weight", 0, "--hidden-weight", 0, "--attention-weight", 0])
     return {"untrained_eval_mlm_loss": untrained["eval_mlm_loss"][-1][1],
+            "extracted_eval_mlm_loss": extracted["eval_mlm_loss"][-1][1] if extracted else None,
             "distilled_eval_mlm_loss": distilled["eval_mlm_loss"][-1][1],
             "control_eval_mlm_loss": control["eval_mlm_loss"][-1][1],
             "distilled_seconds": distilled.get("seconds"), "control_seconds": control.get("seconds")}
@@ -414,29 +443,39 @@ def _finetune(ctx: "Context", stage: str, model: Path, out: Path, hp: dict[str, 
             "steps": summary["steps"], "best_step": summary["best_step"], "train_seconds": summary["train_seconds"]}
 
 
-def _ft_hparams(a: argparse.Namespace, seed: int) -> dict[str, Any]:
-    return {"lr": a.ft_lr, "batch_size": a.ft_batch_size, "epochs": a.ft_epochs, "warmup_ratio": 0.1,
+def _ft_hparams(a: argparse.Namespace, lr: float, seed: int) -> dict[str, Any]:
+    return {"lr": lr, "batch_size": a.ft_batch_size, "epochs": a.ft_epochs, "warmup_ratio": 0.1,
             "weight_decay": 0.01, "optimizer": "adamw", "seed": seed}
 
 
 def stage_finetune(ctx: "Context") -> dict[str, Any]:
+    """Per model, seed 0 at every learning rate of `--ft-lrs`; the rate with the best selection accuracy (the
+    first of equals) is the model's, and seeds 1, 2, … run at it. The test rows choose nothing."""
     w, a = ctx.work, ctx.args
     st = w.stage("finetune")
     st["split"] = write_sst2_split(ctx.sst2_source, w, a.select_rows, a.test_rows)
-    runs = st.setdefault("runs", {})
-    for model in MODELS:
+    runs, sweep, chosen = st.setdefault("runs", {}), st.setdefault("lr_sweep", {}), st.setdefault("chosen_lr", {})
+
+    def run(model: str, checkpoint: Path, lr: float, seed: int) -> dict[str, Any]:
+        key = f"{model}_lr{lr:g}_seed{seed}"
+        if key not in sweep:
+            say(f"finetune: {key}")
+            sweep[key] = {"model": model, "seed": seed, "lr": lr,
+                          **_finetune(ctx, "finetune", checkpoint, w.root / "finetune" / key, _ft_hparams(a, lr, seed))}
+            w.save()
+            w.log("finetune_done", run=key, **sweep[key])
+        return sweep[key]
+
+    for model in models_of(a):
         checkpoint = need("finetune", w.student(model) / "config.json",
                           "made by stage data" if model == "teacher" else "made by stage distill").parent
+        first = [run(model, checkpoint, lr, 0) for lr in a.ft_lrs]
+        best = max(first, key=lambda r: r["select_accuracy"])  # max keeps the first of equals: the lower rate
+        chosen[model] = best["lr"]
         for seed in range(a.seeds):
-            key = f"{model}_seed{seed}"
-            if key in runs:
-                continue
-            say(f"finetune: {key}")
-            runs[key] = {"model": model, "seed": seed,
-                         **_finetune(ctx, "finetune", checkpoint, w.root / "finetune" / key, _ft_hparams(a, seed))}
+            runs[f"{model}_seed{seed}"] = run(model, checkpoint, best["lr"], seed)
             w.save()
-            w.log("finetune_done", run=key, **runs[key])
-    return {"runs": runs}
+    return {"runs": runs, "chosen_lr": chosen, "lr_sweep": sweep}
 
 
 # -------------------------------------------------------------------------------------------- agora_grid
@@ -465,7 +504,9 @@ def stage_agora_grid(ctx: "Context") -> dict[str, Any]:
     w, a = ctx.work, ctx.args
     st = w.stage("agora_grid")
     student = need("agora_grid", w.student("distilled") / "config.json", "made by stage distill").parent
-    reference = need("agora_grid", w.root / "finetune" / "teacher_seed0" / "best" / "config.json",
+    teacher_lr = w.stage("finetune").get("chosen_lr", {}).get("teacher")
+    reference = need("agora_grid", w.root / "finetune" / f"teacher_lr{teacher_lr:g}_seed0" / "best" / "config.json"
+                     if teacher_lr is not None else w.root / "finetune" / "teacher" / "best" / "config.json",
                      "the fine-tuned teacher, made by stage finetune").parent
     need("agora_grid", w.sst2("select") / "train.tsv", "made by stage finetune")
     pool = _pool(a)
@@ -650,14 +691,15 @@ def summarise(state: dict[str, Any], args: argparse.Namespace, wall: float) -> d
     if stages.get("distill", {}).get("done"):
         result["distill"] = {
             "untrained_eval_mlm_loss": runs["untrained"]["eval_mlm_loss"][-1][1],
-            "curves": {r: runs[r]["eval_mlm_loss"] for r in ("distilled", "control")},
-            "final": {r: runs[r]["eval_mlm_loss"][-1][1] for r in ("distilled", "control")},
+            "extracted_eval_mlm_loss": (runs["extracted"]["eval_mlm_loss"][-1][1] if "extracted" in runs else None),
+            "curves": {r: runs[r]["eval_mlm_loss"] for r in TRAINED if r in runs},
+            "final": {r: runs[r]["eval_mlm_loss"][-1][1] for r in TRAINED if r in runs},
             "attempts": {r: runs[r]["attempts"] for r in runs}, "steps": args.distill_steps,
             "seconds": {r: runs[r].get("seconds") for r in runs}}
     speed = stages.get("speed", {}).get("result")
     ft = stages.get("finetune", {}).get("runs", {})
     rows = []
-    for model in MODELS:
+    for model in models_of(args):
         accs = [r["test_accuracy"] for r in ft.values() if r["model"] == model]
         arch = (speed or {}).get("architecture", {}).get("teacher" if model == "teacher" else "distilled")
         row: dict[str, Any] = {"model": model, "test_accuracy": _spread(accs) if accs else None,
@@ -675,6 +717,12 @@ def summarise(state: dict[str, Any], args: argparse.Namespace, wall: float) -> d
         if row["test_accuracy"] and teacher_acc:
             row["accuracy_vs_teacher"] = row["test_accuracy"]["mean"] / teacher_acc["mean"]
     result["models"] = rows
+    if stages.get("finetune", {}).get("done"):
+        fr = stages["finetune"]["result"]
+        result["finetune"] = {"chosen_lr": fr["chosen_lr"],
+                              "lr_sweep": [{k: r[k] for k in ("model", "lr", "select_accuracy", "test_accuracy",
+                                                               "steps", "train_seconds")}
+                                           for r in fr["lr_sweep"].values() if r["seed"] == 0]}
     if rows[1]["test_accuracy"] and rows[2]["test_accuracy"]:
         result["distilled_minus_control_points"] = 100 * (rows[1]["test_accuracy"]["mean"]
                                                           - rows[2]["test_accuracy"]["mean"])
@@ -735,9 +783,23 @@ def markdown(result: dict[str, Any]) -> str:
         parts += [f"Distillation budget: {plan['distill_steps']} steps of batch {plan['distill_batch_size']} "
                   f"(AdamW, peak lr {plan['distill_lr']:g}, warmup 10%, linear decay) for the distilled student and "
                   f"the control each ({_minutes(d['seconds']['distilled'])} and {_minutes(d['seconds']['control'])} "
-                  "here). Held-out MLM loss (nats per masked token): untrained "
-                  f"{d['untrained_eval_mlm_loss']:.3f}, distilled {d['final']['distilled']:.3f}, control "
-                  f"{d['final']['control']:.3f}.", ""]
+                  "here). The distilled student starts "
+                  + ("as a sub-network of the teacher (`--student-init extract`: the teacher's largest residual "
+                     "dimensions, heads and FFN neurons of the mapped layers); the control from random weights. "
+                     if d.get("extracted_eval_mlm_loss") is not None else "from the control's random weights. ")
+                  + "Held-out MLM loss (nats per masked token): random start "
+                  f"{d['untrained_eval_mlm_loss']:.3f}"
+                  + (f", extracted start {d['extracted_eval_mlm_loss']:.3f} (its MLM head is random: the teacher "
+                     "has none)" if d.get("extracted_eval_mlm_loss") is not None else "")
+                  + f"; after training: distilled {d['final']['distilled']:.3f}, control "
+                  f"{d['final']['control']:.3f}"
+                  + (f", ablation {d['final']['extracted_mlm']:.3f}" if "extracted_mlm" in d["final"] else "") + ".",
+                  ""]
+        if "extracted_mlm" in d["final"]:
+            parts += ["The ablation `extracted_mlm` is the distilled student's extracted start trained with MLM alone "
+                      f"for the same steps ({_minutes(d['seconds'].get('extracted_mlm'))}; the teacher is not run): "
+                      "distilled vs ablation is what the distillation losses add, ablation vs control what the "
+                      "extraction gives.", ""]
     table = []
     for row in result["models"]:
         arch = row.get("architecture")
@@ -758,6 +820,17 @@ def markdown(result: dict[str, Any]) -> str:
         parts += [f"Speed: encoder forward at batch {sp['batch']} × {sp['seq']} tokens, {sp['repeats']} interleaved "
                   f"rounds (teacher {sp['ms']['teacher']:.1f} ms, student {sp['ms']['distilled']:.1f} ms, medians); "
                   "the ratio teacher/student is taken per round. The control has the student's architecture.", ""]
+    if "finetune" in result:
+        ft = result["finetune"]
+        parts += [f"Fine-tuning: AdamW, batch {plan['ft_batch_size']}, {plan['ft_epochs']:g} epochs, warmup 10%, "
+                  f"weight decay 0.01, the best epoch by the selection rows. Each model's learning rate is chosen "
+                  f"from {plan['ft_lrs']} by seed 0's selection accuracy: "
+                  + ", ".join(f"{m} {lr:g}" for m, lr in ft["chosen_lr"].items()) + ".", "",
+                  common.markdown_table([{"model": r["model"], "lr": f"{r['lr']:g}",
+                                          "select acc (seed 0)": f"{r['select_accuracy']:.3f}",
+                                          "test acc (seed 0)": f"{r['test_accuracy']:.3f}",
+                                          "steps": r["steps"], "seconds": round(r["train_seconds"])}
+                                         for r in ft["lr_sweep"]])]
     if "distilled_minus_control_points" in result:
         parts += [f"Distilled − control: {result['distilled_minus_control_points']:+.1f} accuracy points "
                   "(mean over seeds).", ""]
@@ -826,11 +899,17 @@ def plot_mlm(result: dict[str, Any], path: Path) -> None:
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots(1, 1)
-    start = result["distill"]["untrained_eval_mlm_loss"]
-    for run, points in result["distill"]["curves"].items():
-        ax.plot([0] + [s for s, _ in points], [start] + [v for _, v in points], marker=".", label=run)
+    d = result["distill"]
+    labels = {"distilled": "distilled (extracted start)" if d.get("extracted_eval_mlm_loss") is not None
+              else "distilled", "control": "control: random start, MLM only",
+              "extracted_mlm": "ablation: extracted start, MLM only"}
+    for run, points in d["curves"].items():
+        start = (d["extracted_eval_mlm_loss"] if run != "control" and d.get("extracted_eval_mlm_loss") is not None
+                 else d["untrained_eval_mlm_loss"])
+        ax.plot([0] + [s for s, _ in points], [start] + [v for _, v in points], marker=".",
+                label=labels.get(run, run))
     ax.set(xlabel="step", ylabel="held-out MLM loss (nats per masked token)",
-           title="distillation: distilled student vs MLM-only control (step 0: untrained)")
+           title="pretraining: held-out MLM loss (step 0: the starting weights)")
     ax.legend()
     fig.savefig(path, dpi=110)
 
@@ -864,6 +943,10 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + key.replace("_", "-")
         if isinstance(value, list):
             a(flag, type=type(value[0]), nargs="+", default=None, help=f"full {value}, quick {QUICK[key]}")
+        elif key == "student_init":
+            a(flag, choices=("extract", "random"), default=None,
+              help="the distilled student's start: a sub-network of the teacher (search limited to the teacher's "
+                   f"head size) or random weights (full {value}, quick {QUICK[key]})")
         else:
             kind = float if isinstance(value, float) else int
             a(flag, type=kind, default=None, help=f"full {value}, quick {QUICK[key]}")

@@ -86,7 +86,23 @@ def test_default_grid_lies_below_the_maximum_point():
     assert Candidate(4, 8, 1024, 768).config(space.base).num_hidden_layers == 4
 
 
+def test_head_size_keeps_only_candidates_with_that_head_size():
+    """MiniLM's head size is 32: of hidden {128, 256, 384} × heads {2, 4, 8, 12}, only 128/4, 256/8 and 384/12."""
+    space = parse_space({"max_point": "bert-base", "head_size": 32,
+                         "axes": {"layers": [2], "heads": [2, 4, 8, 12], "hidden": [128, 256, 384],
+                                  "intermediate": [512]}})
+    enum = space.enumerate()
+    assert sorted((c.hidden, c.heads) for c in enum.candidates) == [(128, 4), (256, 8), (384, 12)]
+    # 256/12 and 128/12 are not whole (2); the other 7 have whole heads of another size
+    assert enum.skipped == {"hidden not divisible by heads": 2, "head size not in [32]": 7}
+    both = parse_space({"max_point": "bert-base", "head_size": [32, 64],
+                        "axes": {"layers": [2], "heads": [4], "hidden": [128, 256], "intermediate": [512]}})
+    assert len(both.enumerate().candidates) == 2
+
+
 @pytest.mark.parametrize("text,needle", [
+    ('{"max_point": "bert-base", "head_size": 0}', "field 'head_size'"),
+    ('{"max_point": "bert-base", "head_size": "32"}', "field 'head_size'"),
     ('{"axes": {"heads": [4, 8', "not valid JSON at line 1"),
     ('{"max_point": "bert-base", "axes": {"heads": "eight"}}', "field 'axes.heads'"),
     ('{"max_point": "bert-base", "axes": {"heads": {"min": 4}}}', "field 'axes.heads'"),

@@ -38,6 +38,7 @@ def test_quick_runs_every_stage_and_the_distilled_student_learns(tmp_path, capsy
     distill = result["distill"]
     assert distill["final"]["distilled"] < distill["untrained_eval_mlm_loss"]
     assert distill["final"]["control"] < distill["untrained_eval_mlm_loss"]
+    assert distill["final"]["extracted_mlm"] < distill["extracted_eval_mlm_loss"]
     models = {row["model"]: row for row in result["models"]}
     for name in trilogy.MODELS:
         assert 0.0 <= models[name]["test_accuracy"]["mean"] <= 1.0
@@ -46,6 +47,17 @@ def test_quick_runs_every_stage_and_the_distilled_student_learns(tmp_path, capsy
     assert models["distilled"]["speedup"]["median"] > 1.0
     agora, grid = result["agora_grid"]["agora"], result["agora_grid"]["grid"]
     assert grid["steps"] >= agora["steps"] > 0  # equal compute: the grid stops once it reaches Agora's steps
+    # the distilled student started as a sub-network of the teacher: whole heads of MiniLM's size 32
+    extracted = json.loads((tmp_path / "work" / "distill" / "distilled" / "extracted.json").read_text())
+    assert len(extracted["hidden"]) == 64 and all(len(layer["heads"]) == 2 for layer in extracted["layers"])
+    space = json.loads((tmp_path / "work" / "search_space.json").read_text())
+    assert space["head_size"] == 32 and space["distill"]["student_init"] == "extract"
+    # each model's learning rate is the one its seed 0 selected on the selection rows
+    ft = result["finetune"]
+    for name in trilogy.MODELS:
+        sweep = [r for r in ft["lr_sweep"] if r["model"] == name]
+        assert [r["lr"] for r in sweep] == [1e-4, 1e-3]
+        assert ft["chosen_lr"][name] == max(sweep, key=lambda r: r["select_accuracy"])["lr"]
     split = _state(tmp_path / "work")["stages"]["finetune"]["split"]
     assert split == {"train": 600, "select": 48, "test": 48, "unused": 176}
     assert set(result["stage_seconds"]) == set(trilogy.STAGES)

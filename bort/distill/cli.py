@@ -26,8 +26,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
       help="teacher checkpoint: anything load_pretrained reads (native/HF directory, Gluon .params)")
     a("--teacher-config", dest="teacher_config", default=None, help="config for a .params teacher (preset or JSON)")
     a("--student", "--model", dest="student", default=d.student, help="student preset name or JSON config")
-    a("--student-init", dest="student_init", choices=("random", "teacher"), default=d.student_init,
-      help="random initialisation, or copy the teacher's embeddings and mapped layers (same width)")
+    a("--student-init", dest="student_init", choices=("random", "teacher", "extract"),
+      default=d.student_init,
+      help="random initialisation; 'teacher': copy the teacher's embeddings and mapped layers (same width); "
+           "'extract': a narrower student takes the teacher's largest residual dimensions, heads and FFN neurons "
+           "of the mapped layers (same head size)")
     a("--output-dir", "--ckpt_dir", dest="output_dir", default=d.output_dir)
     a("--batch-size", "--batch_size", dest="batch_size", type=int, default=d.batch_size,
       help="records per rank per micro-step (global batch = this × ranks × accumulation)")

@@ -350,6 +350,12 @@ class DistillationLoss(nn.Module):
                    teacher_vocab_size=teacher_config.vocab_size, teacher_has_mlm_head=teacher_has_mlm_head)
 
     @property
+    def needs_teacher(self) -> bool:
+        """Whether any weighted term reads the teacher's outputs. When none does (a teacher given only to
+        initialise the student, `--student-init extract` with MLM alone), the teacher is not run."""
+        return self.kd_weight > 0 or self.hidden_weight > 0 or self.attention_weight > 0
+
+    @property
     def needs_hidden_states(self) -> bool:
         """Whether both models must run with `output_hidden_states=True`."""
         return self.hidden_weight > 0

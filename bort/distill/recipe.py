@@ -41,6 +41,7 @@ from ..train.recipe import Recipe
 from ..train.sampler import BatchPlan
 from ..train.schedule import SCHEDULES, build_schedule
 from ..train.settings import Settings, as_list, boolean, number, one_of, optional, positive_int, setting
+from .extract import extract_student
 from .losses import DistillationLoss, uniform_layer_map
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,8 @@ logger = logging.getLogger(__name__)
 COMPONENTS = ("mlm", "kd", "hidden", "attention", "teacher_mse", "mask_penalty")
 # What a distillation writes into its output directory: a fresh run refuses a directory holding any of them
 # (unless --resume or --overwrite), and --overwrite removes exactly these.
-ARTEFACTS = ("checkpoints", "final", "metrics.jsonl", "settings.json", "summary.json", "loss.png", ".push-staging",
-             TENSORBOARD_DIR)
+ARTEFACTS = ("checkpoints", "final", "metrics.jsonl", "settings.json", "extracted.json", "summary.json", "loss.png",
+             ".push-staging", TENSORBOARD_DIR)
 # Settings that do not change the numbers of the run (logging, evaluation, checkpoint cadence, launch): they may
 # differ on --resume. Every other setting must match the checkpoint's unless --allow-setting-change names it.
 RESUME_FREE = frozenset({"test", "output_dir", "resume", "overwrite", "allow_setting_change", "progress", "plot",
@@ -70,7 +71,7 @@ class DistillSettings(Settings):
     teacher: str | None = None
     teacher_config: str | None = None
     student: str = "bort_4_8_768_1024"
-    student_init: str = setting("random", check=one_of("random", "teacher"))
+    student_init: str = setting("random", check=one_of("random", "teacher", "extract"))
     output_dir: str = "distill_output"
     batch_size: int = setting(8, check=positive_int())
     accumulate: int = setting(1, check=positive_int())
@@ -115,8 +116,9 @@ class DistillSettings(Settings):
     report_to: str | None = setting(None, check=check_report_to)
 
     def check_settings(self) -> Iterable[str]:
-        if self.student_init == "teacher" and self.teacher is None:
-            yield "student_init 'teacher' needs a teacher (--student-init teacher needs --teacher)"
+        if self.student_init in ("teacher", "extract") and self.teacher is None:
+            yield (f"student_init {self.student_init!r} needs a teacher (--student-init {self.student_init} needs "
+                   "--teacher)")
 
 
 class _StudentWithLoss(nn.Module):
@@ -164,7 +166,8 @@ def init_student_from_teacher(student: BortForMaskedLM, teacher: nn.Module, laye
     bad = [f"{k}: teacher {tuple(v.shape)} vs student {tuple(own[k].shape)}"
            for k, v in wanted.items() if k in own and own[k].shape != v.shape]
     if bad:
-        raise CheckpointError("cannot initialise the student from the teacher, shapes differ:\n  " + "\n  ".join(bad))
+        raise CheckpointError("cannot initialise the student from the teacher, shapes differ (--student-init extract "
+                              "takes a sub-network of a wider teacher):\n  " + "\n  ".join(bad))
     with torch.no_grad():
         for key, value in wanted.items():
             if key in own:
@@ -225,8 +228,11 @@ class DistillationRecipe(Recipe):
 
         torch.manual_seed(s.seed)  # the same initial student on every rank
         self.student = BortForMaskedLM(student_cfg)
+        self.extracted: dict | None = None
         if s.student_init == "teacher":  # with a teacher: DistillSettings.check_settings
             init_student_from_teacher(self.student, self.teacher, layer_map)
+        elif s.student_init == "extract":
+            self.extracted = extract_student(self.student, self.teacher, layer_map)
         if s.dam_lambda and self.student.attention_regularization() is None:
             raise ValueError(f"--dam-lambda {s.dam_lambda} needs a student with attention dam_s or dam_u, "
                              f"not {student_cfg.attention!r}")
@@ -255,6 +261,8 @@ class DistillationRecipe(Recipe):
             self.metrics = JsonlLogger(self.out / "metrics.jsonl", resume_step=self.step if s.resume else None,
                                        report_to=s.report_to)
             atomic_write_text(self.out / "settings.json", json.dumps(s.to_dict(), indent=2) + "\n")
+            if self.extracted is not None:  # which of the teacher's units the student started from
+                atomic_write_text(self.out / "extracted.json", json.dumps(self.extracted) + "\n")
 
     def _load_teacher(self) -> tuple[nn.Module | None, BortConfig | None, bool]:
         s = self.s
@@ -324,7 +332,7 @@ class DistillationRecipe(Recipe):
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _teacher_forward(self, batch: dict[str, torch.Tensor]) -> Any:
-        if self.teacher is None:
+        if self.teacher is None or not self.loss_fn.needs_teacher:
             return None
         with torch.no_grad(), self._autocast():
             return self.teacher(batch["input_ids"], batch["attention_mask"], masked_positions=batch["masked_positions"],

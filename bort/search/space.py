@@ -86,6 +86,7 @@ class SearchSpace:
     base: BortConfig
     options: dict[str, Any] = field(default_factory=dict)  # the file's other fields (epsilon, speed, distill…)
     source: str = "space"
+    head_sizes: list[int] | None = None  # when given, only candidates whose hidden / heads is one of these
 
     @property
     def max_candidate(self) -> Candidate:
@@ -100,6 +101,8 @@ class SearchSpace:
             reasons = [f"{a} above the maximum point" for a, v, m in zip(AXES, values, top.as_tuple()) if v > m]
             if cand.hidden % cand.heads:
                 reasons.append("hidden not divisible by heads")
+            elif self.head_sizes is not None and cand.hidden // cand.heads not in self.head_sizes:
+                reasons.append(f"head size not in {self.head_sizes}")
             if reasons:
                 for reason in reasons[:1]:  # count each candidate once, under its first reason
                     result.skipped[reason] = result.skipped.get(reason, 0) + 1
@@ -119,8 +122,8 @@ def default_axis(axis: str, maximum: int) -> list[int]:
     return sorted(v for v in values if v <= maximum)
 
 
-def _parse_axis(value: Any, axis: str, source: str) -> list[int]:
-    where = f"{source}: field 'axes.{axis}'"
+def _parse_axis(value: Any, axis: str, source: str, name: str | None = None) -> list[int]:
+    where = f"{source}: field '{name or 'axes.' + axis}'"
     if isinstance(value, dict):
         unknown = sorted(set(value) - {"min", "max", "step"})
         if unknown or not {"min", "max"} <= set(value):
@@ -140,7 +143,7 @@ def _parse_axis(value: Any, axis: str, source: str) -> list[int]:
 # Option fields a space file may hold besides the axes (runner settings; the CLI overrides them).
 OPTION_FIELDS = ("epsilon", "interval_steps", "intervals", "error_metric", "speed", "distill", "weights", "seed",
                  "eval_batches")
-TOP_FIELDS = ("max_point", "base", "axes", "description") + OPTION_FIELDS
+TOP_FIELDS = ("max_point", "base", "axes", "head_size", "description") + OPTION_FIELDS
 
 
 def _resolve_config(spec: Any, name: str, source: str) -> BortConfig:
@@ -174,9 +177,15 @@ def parse_space(values: Any, source: str = "space", teacher_config: BortConfig |
     top = Candidate.from_config(max_point)
     axes = {a: (_parse_axis(axes_in[a], a, source) if a in axes_in else default_axis(a, m))
             for a, m in zip(AXES, top.as_tuple())}
+    head_sizes = None
+    if "head_size" in values:  # e.g. the teacher's, so that `--student-init extract` can keep whole heads
+        spec = values["head_size"]
+        head_sizes = _parse_axis([spec] if isinstance(spec, int) and not isinstance(spec, bool) else spec,
+                                 "head_size", source, name="head_size")
     options = {k: values[k] for k in OPTION_FIELDS if k in values}
     _check_options(options, source)
-    return SearchSpace(axes=axes, max_point=max_point, base=base, options=options, source=source)
+    return SearchSpace(axes=axes, max_point=max_point, base=base, options=options, source=source,
+                       head_sizes=head_sizes)
 
 
 def _check_options(options: dict[str, Any], source: str) -> None:
