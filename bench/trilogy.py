@@ -19,20 +19,24 @@ Every stage runs through the public command line (`bort.cli.main` in this proces
    they start from.
 4. **finetune**: SST-2 from the 872-row GLUE dev file, shuffled as `--dev-split 600 --split-seed 0` does: 600 rows
    train, and of the other 272 the first 136 select (best checkpoint, Agora's error mining, grid's choice) and
-   the last 136 test (seen by no selection). Teacher, distilled student and control: each model's learning rate
+   the last 136 test (seen by no selection). Teacher, distilled student, control and (with `--student-init
+   extract`) the ablation `extracted_mlm`, the extracted start trained with MLM alone: each model's learning rate
    is chosen from `--ft-lrs` by seed 0's selection accuracy (a 3-layer student and a pretrained 6-layer teacher
    do not share one), then `--seeds` seeds each at it.
 5. **agora_grid**: for the distilled student, `bort agora` over a pool Θ (lr × weight decay, BERTAdam, warmup
-   0.45) with the fine-tuned teacher (seed 0) as the reference labeller, then grid search: trials over Θ × seeds
-   0, 1, … (same order) until its optimiser steps reach Agora's; the trial best on the selection rows is tested.
+   0.45) with the fine-tuned teacher (seed 0) as the reference labeller, once with token perturbations and once
+   with MLM infilling by the distilled student's own MLM head; then grid search: trials over Θ × seeds 0, 1, …
+   (same order) until its optimiser steps reach the larger Agora's; the trial best on the selection rows is
+   tested. The reference's labels of the selection rows are recorded to tell where Agora's labels go wrong.
 6. **speed**: encoder forward of teacher and student at the same batch and sequence length, interleaved
    (`bench.common.time_interleaved`), median of repeats; the ratio is taken per round.
 
 The report (`bench/results/trilogy.{md,json}`, `trilogy.png`: test accuracy with the spread over seeds,
-`trilogy_mlm.png`: held-out MLM loss of distilled vs control) also states every stage's wall time.
+`trilogy_mlm.png`: held-out MLM loss of the distilled student, the control and the ablation) also states every
+stage's wall time.
 
     python bench/trilogy.py --quick                          # every stage on tiny settings (under a minute)
-    python bench/trilogy.py                                  # the full experiment (hours on 2 cores)
+    python bench/trilogy.py                                  # the full experiment (75 min on 2 cores)
     python bench/trilogy.py --stop-after distill             # run the stages up to this one
     python bench/trilogy.py --work-dir DIR                   # resume: run the same command again
 
@@ -487,17 +491,74 @@ def _pool_base(a: argparse.Namespace) -> dict[str, Any]:
     return {"epochs": a.ft_epochs, "batch_size": a.ft_batch_size, "warmup_ratio": 0.45, "optimizer": "bertadam"}
 
 
-def _generated_labels(path: Path, select_tsv: Path) -> dict[str, Any]:
-    """The reference labels of Agora's generated points (perturbations of the selection rows the candidates got
-    wrong): their classes, and how often a point keeps the gold label of the row it was made from. A perturbation
-    rarely flips a review's sentiment, so a low share says the reference mislabels them."""
+def _generated_labels(path: Path, select_tsv: Path, reference: dict[str, str]) -> dict[str, Any]:
+    """The reference labels of Agora's generated points (edits of the selection rows the candidates got wrong),
+    beside two facts that say where a wrong label comes from: how often a point keeps the gold label of the row it
+    was made from, how often it keeps the reference's own label of that row (the edit did not move the reference),
+    and how often the reference is right on those source rows at all (Agora assumes it is where the student
+    fails)."""
     points = read_records(path)
     gold = {f"dev-{i}": line.rsplit("\t", 1)[-1].strip()
             for i, line in enumerate(select_tsv.read_text(encoding="utf-8").splitlines()[1:])}
     labels = [str(p["label"]) for p in points]
-    same = [str(p["label"]) == gold[p["from"]] for p in points if p.get("from") in gold]
+    sourced = [p for p in points if p.get("from") in gold]
+
+    def share(hits: list[bool]) -> float | None:
+        return sum(hits) / len(hits) if hits else None
+
     return {"points": len(points), "label_counts": {k: labels.count(k) for k in sorted(set(labels))},
-            "same_as_source_gold": (sum(same) / len(same)) if same else None, "with_source": len(same)}
+            "with_source": len(sourced),
+            "same_as_source_gold": share([str(p["label"]) == gold[p["from"]] for p in sourced]),
+            "same_as_reference_on_source": share([str(p["label"]) == reference.get(p["from"]) for p in sourced]),
+            "reference_right_on_sources": share([reference.get(p["from"]) == gold[p["from"]] for p in sourced])}
+
+
+def _reference_labels(ctx: "Context", reference: Path) -> dict[str, str]:
+    """The reference's predicted label of every selection row, by guid (`dev-I`)."""
+    w, a = ctx.work, ctx.args
+    out = w.root / "reference_select"
+    bort("agora_grid", "predict", reference, "--task", "SST-2", "--data-dir", w.sst2("select"), "--split", "dev",
+         "--threads", a.threads, "--no-progress", "--output-dir", out, quiet=True)
+    lines = (out / "SST-2.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    return {f"dev-{index}": label for index, label in (line.split("\t") for line in lines)}
+
+
+def _mlm_generator(ctx: "Context") -> Path:
+    """The distilled student with its MLM head and the teacher's tokenizer: Agora's infilling generator (the
+    MiniLM teacher has no MLM head)."""
+    w = ctx.work
+    folder = w.root / "agora_mlm_generator"
+    if not (folder / "vocab.txt").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(w.student("distilled"), folder)
+        for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (w.teacher / name).is_file():
+                shutil.copy2(w.teacher / name, folder / name)
+    return folder
+
+
+# Agora's generators: the design's token-level perturbations, and infilling by the student's own MLM head.
+AGORA_RUNS = {"agora": [], "agora_mlm": ["--generator", "mlm"]}
+
+
+def _agora(ctx: "Context", run: str, grid_file: Path, reference: Path, labels: dict[str, str]) -> dict[str, Any]:
+    w, a = ctx.work, ctx.args
+    argv = [*AGORA_RUNS[run], *(["--mlm-teacher", _mlm_generator(ctx)] if run == "agora_mlm" else [])]
+    began = time.perf_counter()
+    bort("agora_grid", "agora", grid_file, "--reference", reference, "--output-dir", w.root / run,
+         "--per-error", 2, "--overwrite", *argv, quiet=True)
+    seconds = time.perf_counter() - began
+    report = json.loads((w.root / run / "agora.json").read_text(encoding="utf-8"))
+    predicted = last_json_line(bort("agora_grid", "predict", w.root / run / "best", "--task", "SST-2",
+                                    "--data-dir", w.sst2("test"), "--split", "dev", "--threads", a.threads,
+                                    "--no-progress", quiet=True))
+    return {"trainings": report["trainings"], "steps": report["total_steps"], "seconds": seconds,
+            "select_accuracy": report["dev"]["acc"], "test_accuracy": predicted["metrics"]["acc"],
+            "chosen": {"lr": report["hparams"]["lr"], "weight_decay": report["hparams"]["weight_decay"]},
+            "added": report["added"], "train_size": report["train_size"],
+            "rounds": [{k: r[k] for k in ("pass_index", "round_index", "scores", "errors", "added", "train_size",
+                                          "kept", "steps")} for r in report["rounds"]],
+            "generated": _generated_labels(w.root / run / "generated.jsonl", w.sst2("select") / "dev.tsv", labels)}
 
 
 def stage_agora_grid(ctx: "Context") -> dict[str, Any]:
@@ -510,33 +571,23 @@ def stage_agora_grid(ctx: "Context") -> dict[str, Any]:
                      "the fine-tuned teacher, made by stage finetune").parent
     need("agora_grid", w.sst2("select") / "train.tsv", "made by stage finetune")
     pool = _pool(a)
-    if "agora" not in st:
-        grid = {"task": "SST-2", "model": str(student), "data_dir": str(w.sst2("select")),
-                "tokenizer": str(w.teacher), "base": _pool_base(a),
-                "settings": {"max_length": a.ft_max_length,
-                             **({"max_steps": a.ft_max_steps} if a.ft_max_steps else {})},
-                "grid": {"lr": a.pool_lr, "weight_decay": a.pool_wd}}
-        grid_file = w.root / "agora_grid.json"
-        atomic_write_text(grid_file, json.dumps(grid, indent=2) + "\n")
-        began = time.perf_counter()
-        bort("agora_grid", "agora", grid_file, "--reference", reference, "--output-dir", w.root / "agora",
-             "--per-error", 2, "--overwrite", quiet=True)
-        seconds = time.perf_counter() - began
-        report = json.loads((w.root / "agora" / "agora.json").read_text(encoding="utf-8"))
-        predicted = last_json_line(bort("agora_grid", "predict", w.root / "agora" / "best", "--task", "SST-2",
-                                        "--data-dir", w.sst2("test"), "--split", "dev", "--threads", a.threads,
-                                        "--no-progress", quiet=True))
-        st["agora"] = {"trainings": report["trainings"], "steps": report["total_steps"], "seconds": seconds,
-                       "select_accuracy": report["dev"]["acc"], "test_accuracy": predicted["metrics"]["acc"],
-                       "chosen": {"lr": report["hparams"]["lr"], "weight_decay": report["hparams"]["weight_decay"]},
-                       "added": report["added"], "train_size": report["train_size"],
-                       "rounds": [{k: r[k] for k in ("pass_index", "round_index", "scores", "errors", "added",
-                                                     "train_size", "kept", "steps")} for r in report["rounds"]],
-                       "generated": _generated_labels(w.root / "agora" / "generated.jsonl",
-                                                      w.sst2("select") / "dev.tsv")}
-        w.save()
-        w.log("agora_done", **{k: v for k, v in st["agora"].items() if k != "rounds"})
-    target = st["agora"]["steps"]
+    grid = {"task": "SST-2", "model": str(student), "data_dir": str(w.sst2("select")),
+            "tokenizer": str(w.teacher), "base": _pool_base(a),
+            "settings": {"max_length": a.ft_max_length, **({"max_steps": a.ft_max_steps} if a.ft_max_steps else {})},
+            "grid": {"lr": a.pool_lr, "weight_decay": a.pool_wd}}
+    grid_file = w.root / "agora_grid.json"
+    atomic_write_text(grid_file, json.dumps(grid, indent=2) + "\n")
+    labels = _reference_labels(ctx, reference)
+    for run in AGORA_RUNS:
+        if run not in st:
+            st[run] = _agora(ctx, run, grid_file, reference, labels)
+            w.save()
+            w.log(f"{run}_done", **{k: v for k, v in st[run].items() if k != "rounds"})
+        elif "same_as_reference_on_source" not in st[run]["generated"]:  # a run recorded before this fact was
+            st[run]["generated"] = _generated_labels(w.root / run / "generated.jsonl",
+                                                     w.sst2("select") / "dev.tsv", labels)
+            w.save()
+    target = max(st[run]["steps"] for run in AGORA_RUNS)
     trials = st.setdefault("grid_trials", [])
     # Θ × seeds 0, 1, … in order until the grid's optimiser steps reach Agora's (as bench/agora_vs_grid.py).
     while sum(t["steps"] for t in trials) < target:
@@ -557,7 +608,7 @@ def stage_agora_grid(ctx: "Context") -> dict[str, Any]:
             "seconds": sum(t["seconds"] for t in trials), "select_accuracy": best["select_accuracy"],
             "test_accuracy": best["test_accuracy"],
             "chosen": {"lr": best["lr"], "weight_decay": best["weight_decay"], "seed": best["seed"]}}
-    return {"agora": st["agora"], "grid": grid, "grid_trials": trials}
+    return {**{run: st[run] for run in AGORA_RUNS}, "grid": grid, "grid_trials": trials}
 
 
 # ------------------------------------------------------------------------------------------------- speed
@@ -836,25 +887,34 @@ def markdown(result: dict[str, Any]) -> str:
                   "(mean over seeds).", ""]
     if "agora_grid" in result:
         ag = result["agora_grid"]
-        rows = [{"method": "agora", "trainings": ag["agora"]["trainings"], "steps": ag["agora"]["steps"],
-                 "seconds": round(ag["agora"]["seconds"]), "select acc": ag["agora"]["select_accuracy"],
-                 "test acc": ag["agora"]["test_accuracy"],
-                 "chosen": ", ".join(f"{k} {v:g}" for k, v in ag["agora"]["chosen"].items())},
-                {"method": "grid search", "trainings": ag["grid"]["trainings"], "steps": ag["grid"]["steps"],
-                 "seconds": round(ag["grid"]["seconds"]), "select acc": ag["grid"]["select_accuracy"],
-                 "test acc": ag["grid"]["test_accuracy"],
-                 "chosen": ", ".join(f"{k} {v:g}" for k, v in ag["grid"]["chosen"].items())}]
-        gen = ag["agora"]["generated"]
+        names = {"agora": "Agora, token perturbation", "agora_mlm": "Agora, MLM infilling",
+                 "grid": "grid search"}
+        rows = [{"method": names[m], "trainings": ag[m]["trainings"], "steps": ag[m]["steps"],
+                 "seconds": round(ag[m]["seconds"]), "select acc": ag[m]["select_accuracy"],
+                 "test acc": ag[m]["test_accuracy"],
+                 "chosen": ", ".join(f"{k} {v:g}" for k, v in ag[m]["chosen"].items())}
+                for m in ("agora", "agora_mlm", "grid") if m in ag]
         parts += ["## Agora vs grid search for the distilled student (equal optimiser steps)", "",
                   f"Pool Θ: lr {plan['pool_lr']} × weight decay {plan['pool_wd']} (BERTAdam, warmup 0.45). "
                   f"Reference labeller: the teacher fine-tuned with seed 0 (selection accuracy "
-                  f"{common.fmt(ag['reference_select_accuracy'])}, test {common.fmt(ag['reference_test_accuracy'])}).",
-                  "", common.markdown_table(rows),
-                  "Agora's rounds: " + "; ".join(
-                      f"round {r['round_index']}: {len(r['scores'])} trained, {r['errors']} errors, {r['added']} "
-                      f"points added" for r in ag["agora"]["rounds"]) + ". "
-                  f"Generated points: {gen['points']}, reference labels {gen['label_counts']}; the share keeping "
-                  f"the gold label of the row they were perturbed from: {common.fmt(gen['same_as_source_gold'])}.", ""]
+                  f"{common.fmt(ag['reference_select_accuracy'])}, test {common.fmt(ag['reference_test_accuracy'])}). "
+                  "Generators: token perturbation (drop, swap or replace words, 10% each) and MLM infilling (15% "
+                  "of the sub-words masked and refilled by the distilled student's MLM head; MiniLM has none). "
+                  "Grid search runs until its steps reach the larger Agora's; select acc is on the rows Agora mines "
+                  "and chooses on (biased for it), test acc on rows neither saw.", "",
+                  common.markdown_table(rows)]
+        for m in ("agora", "agora_mlm"):
+            if m not in ag:
+                continue
+            gen = ag[m]["generated"]
+            parts += [f"{names[m]}: " + "; ".join(
+                f"round {r['round_index']}: {len(r['scores'])} trained, {r['errors']} errors, {r['added']} points "
+                f"added" for r in ag[m]["rounds"]) + ". "
+                f"{gen['points']} generated points, reference labels {gen['label_counts']}. A point keeps the "
+                f"reference's own label of its source row {common.fmt(gen.get('same_as_reference_on_source'))} of "
+                f"the time and the source's gold label {common.fmt(gen['same_as_source_gold'])}; the reference is "
+                f"right on those source rows (the student's errors) "
+                f"{common.fmt(gen.get('reference_right_on_sources'))} of the time.", ""]
     times = [{"stage": s, "minutes": f"{sec / 60:.1f}"} for s, sec in result["stage_seconds"].items()]
     parts += ["## Stage wall times", "", common.markdown_table(times),
               f"Machine: {result['machine'].get('cpu_model')}, {result['machine'].get('usable_cpus')} usable CPUs, "
@@ -869,14 +929,18 @@ def plot_accuracy(result: dict[str, Any]) -> Callable[[Any], None]:
         for row in result["models"]:
             acc = row["test_accuracy"]
             if acc:
-                names.append(row["model"])
+                names.append({"extracted_mlm": "ablation:\nextracted, MLM", "control": "control:\nrandom, MLM"
+                              }.get(row["model"], row["model"]))
                 means.append(acc["mean"])
                 lows.append(acc["mean"] - acc["min"])
                 highs.append(acc["max"] - acc["mean"])
                 points.append(acc["values"])
         if "agora_grid" in result:
-            for method in ("agora", "grid"):
-                names.append(f"student: {method}")
+            for method in ("agora", "agora_mlm", "grid"):
+                if method not in result["agora_grid"]:
+                    continue
+                names.append({"agora": "student:\nAgora (perturb)", "agora_mlm": "student:\nAgora (MLM)",
+                              "grid": "student:\ngrid search"}[method])
                 value = result["agora_grid"][method]["test_accuracy"]
                 means.append(value)
                 lows.append(0.0)
@@ -886,7 +950,7 @@ def plot_accuracy(result: dict[str, Any]) -> Callable[[Any], None]:
         ax.bar(xs, means, yerr=[lows, highs], capsize=6, color="tab:blue", alpha=0.7)
         for x, values in zip(xs, points):
             ax.scatter([x] * len(values), values, color="black", s=12, zorder=3)
-        ax.set_xticks(list(xs), names)
+        ax.set_xticks(list(xs), names, fontsize=8)
         ax.set(ylim=(0, 1), ylabel="SST-2 test accuracy (136 held-out rows)",
                title="test accuracy: mean over seeds, bars from min to max, dots the seeds")
     return draw

@@ -47,6 +47,13 @@ def test_quick_runs_every_stage_and_the_distilled_student_learns(tmp_path, capsy
     assert models["distilled"]["speedup"]["median"] > 1.0
     agora, grid = result["agora_grid"]["agora"], result["agora_grid"]["grid"]
     assert grid["steps"] >= agora["steps"] > 0  # equal compute: the grid stops once it reaches Agora's steps
+    infill = result["agora_grid"]["agora_mlm"]  # Agora with the distilled student's MLM head as the generator
+    assert grid["steps"] >= infill["steps"] > 0
+    for run in (agora, infill):
+        gen = run["generated"]
+        assert gen["points"] == run["added"] and gen["with_source"] == gen["points"]
+        for share in ("same_as_source_gold", "same_as_reference_on_source", "reference_right_on_sources"):
+            assert gen[share] is None or 0.0 <= gen[share] <= 1.0
     # the distilled student started as a sub-network of the teacher: whole heads of MiniLM's size 32
     extracted = json.loads((tmp_path / "work" / "distill" / "distilled" / "extracted.json").read_text())
     assert len(extracted["hidden"]) == 64 and all(len(layer["heads"]) == 2 for layer in extracted["layers"])
