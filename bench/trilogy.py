@@ -526,14 +526,14 @@ def _reference_labels(ctx: "Context", reference: Path) -> dict[str, str]:
 def _mlm_generator(ctx: "Context") -> Path:
     """The distilled student with its MLM head and the teacher's tokenizer: Agora's infilling generator (the
     MiniLM teacher has no MLM head)."""
+    from bort.tokenization import load_tokenizer
+
     w = ctx.work
     folder = w.root / "agora_mlm_generator"
-    if not (folder / "vocab.txt").is_file():
+    if not (folder / "tokenizer.json").is_file():
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(w.student("distilled"), folder)
-        for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            if (w.teacher / name).is_file():
-                shutil.copy2(w.teacher / name, folder / name)
+        load_tokenizer(w.teacher).save(folder)  # written last: its presence says the folder is complete
     return folder
 
 
@@ -583,10 +583,6 @@ def stage_agora_grid(ctx: "Context") -> dict[str, Any]:
             st[run] = _agora(ctx, run, grid_file, reference, labels)
             w.save()
             w.log(f"{run}_done", **{k: v for k, v in st[run].items() if k != "rounds"})
-        elif "same_as_reference_on_source" not in st[run]["generated"]:  # a run recorded before this fact was
-            st[run]["generated"] = _generated_labels(w.root / run / "generated.jsonl",
-                                                     w.sst2("select") / "dev.tsv", labels)
-            w.save()
     target = max(st[run]["steps"] for run in AGORA_RUNS)
     trials = st.setdefault("grid_trials", [])
     # Θ × seeds 0, 1, … in order until the grid's optimiser steps reach Agora's (as bench/agora_vs_grid.py).

@@ -22,6 +22,15 @@ TEACHER = BortConfig.preset("bert-base", hidden_size=32, num_attention_heads=4, 
                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
+@pytest.fixture(scope="module")
+def distill_inputs(tmp_path_factory) -> tuple:
+    """Real pretraining shards (MiniLM vocabulary) and a tiny MLM teacher for the command-line runs."""
+    from conftest import make_minilm_shards, save_tiny_mlm_teacher
+
+    root = tmp_path_factory.mktemp("extract")
+    return make_minilm_shards(root / "data"), save_tiny_mlm_teacher(root / "teacher")
+
+
 def _teacher(seed: int = 0) -> BortForMaskedLM:
     torch.manual_seed(seed)
     model = BortForMaskedLM(TEACHER).eval()
@@ -130,16 +139,14 @@ def test_what_cannot_be_extracted_is_refused_with_the_reason():
             extract_student(_student(**sizes), teacher, uniform_layer_map(3, 3))
 
 
-def test_distill_cli_extracts_and_records_the_units(tmp_path):
+def test_distill_cli_extracts_and_records_the_units(distill_inputs, tmp_path):
     """`bort distill --student-init extract` from the tiny MLM teacher; extracted.json names the kept units and
     the student's weights at step 0 (lr 0) are the teacher's slices."""
     from safetensors.torch import load_file
 
     from bort.cli import main
-    from conftest import make_minilm_shards, save_tiny_mlm_teacher
 
-    data = make_minilm_shards(tmp_path / "data")
-    teacher = save_tiny_mlm_teacher(tmp_path / "teacher")
+    data, teacher = distill_inputs
     student = json.dumps({"preset": "bert-base", "hidden_size": 16, "num_attention_heads": 2,
                           "intermediate_size": 24, "num_hidden_layers": 2, "max_position_embeddings": 64})
     out = tmp_path / "run"
@@ -155,15 +162,13 @@ def test_distill_cli_extracts_and_records_the_units(tmp_path):
     assert torch.equal(s["bort." + key.format(1)], t["bort." + key.format(2)][ffn][:, hidden])
 
 
-def test_a_teacher_used_only_to_initialise_is_not_run(tmp_path, monkeypatch):
+def test_a_teacher_used_only_to_initialise_is_not_run(distill_inputs, tmp_path, monkeypatch):
     """`--student-init extract` with every distillation weight 0 trains on MLM alone: the teacher's forward is
     never called (it would only cost time), and no teacher term is logged."""
     from bort.cli import main
     from bort.train.metrics import read_jsonl
-    from conftest import make_minilm_shards, save_tiny_mlm_teacher
 
-    data = make_minilm_shards(tmp_path / "data")
-    teacher = save_tiny_mlm_teacher(tmp_path / "teacher")
+    data, teacher = distill_inputs
     calls = []
     original = BortForMaskedLM.forward
 

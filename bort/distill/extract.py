@@ -58,8 +58,8 @@ _LAYER_KEY = re.compile(r"^bort\.encoder\.layer\.(\d+)\.(.+)$")
 
 def _top(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices of the `keep` largest scores (ties: the lower index), in ascending order."""
-    order = sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), i))
-    return torch.tensor(sorted(order[:keep]), dtype=torch.long)
+    order = torch.sort(scores, descending=True, stable=True).indices[:keep]
+    return torch.sort(order).values
 
 
 def _full_state(model: nn.Module) -> dict[str, torch.Tensor]:
